@@ -1,0 +1,180 @@
+"""Preconditioning apart from architecture: wraps any network into `x0 = D(x, sigma)` in the sigma form.
+
+The network call is the one every Semantica network follows:
+`network(c_in * x, c_noise, tokens=..., pooled=..., drop_cond=...) -> raw prediction`, where the raw prediction is
+eps, v or x0 as the DiffusionConfig says. With alpha = 1/sqrt(1 + sigma^2) and sigma_vp = sigma * alpha the
+network's view is x_vp = alpha * x = alpha * x0 + sigma_vp * eps for every schedule kind, so
+`v = alpha * eps - sigma_vp * x0` and `x0 = alpha^2 * x - sigma_vp * v` (VE uses the same normalized v).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semantica_core.embeds import Embeds
+
+from .schedules import NoiseSchedule, ScheduleConfig
+
+PREDICTIONS = ("eps", "v", "x0")
+
+
+@dataclass
+class DiffusionConfig:
+    """Schedule plus what the network predicts; stored as JSON in checkpoints."""
+
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prediction: str = "eps"
+
+    def __post_init__(self):
+        if isinstance(self.schedule, dict):
+            self.schedule = ScheduleConfig.from_dict(self.schedule)
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction '{self.prediction}'; valid: {', '.join(PREDICTIONS)}")
+
+    def to_dict(self) -> dict:
+        return {"schedule": self.schedule.to_dict(), "prediction": self.prediction}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffusionConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DiffusionConfig keys {unknown}; valid keys: {sorted(known)}")
+        d = dict(d)
+        if "schedule" in d:
+            d["schedule"] = ScheduleConfig.from_dict(d["schedule"])
+        return cls(**d)
+
+
+class Denoiser(nn.Module):
+    """`forward(x, sigma, embeds, guidance_scale) -> x0`, with classifier-free guidance as one batched forward."""
+
+    def __init__(self, network: nn.Module, config: DiffusionConfig):
+        super().__init__()
+        self.network = network
+        self.config = config
+        self.schedule = NoiseSchedule(config.schedule)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: float | torch.Tensor,
+        embeds: Embeds | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """Denoised x0 for x [B,C,H,W] at noise level sigma (float or [B]).
+
+        embeds None: one unconditional forward (tokens=None), guidance_scale ignored. embeds with 1 or B rows and
+        guidance_scale 1: one conditional forward. Otherwise one forward of 2B rows, x0 = null + s * (cond - null).
+        """
+        sigma = _sigma_batch(sigma, x)
+        if embeds is None:
+            return self._denoise(x, sigma, None, None, None)
+        embeds = _embeds_for_batch(embeds, x)
+        if guidance_scale == 1.0:
+            return self._denoise(x, sigma, embeds.tokens, embeds.pooled, None)
+        # Guidance: cond rows and null rows share one forward; x0 is affine in the raw output, so guiding x0
+        # equals guiding eps or v.
+        b = x.shape[0]
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
+        both = self._denoise(
+            torch.cat([x, x]),
+            torch.cat([sigma, sigma]),
+            torch.cat([embeds.tokens, embeds.tokens]),
+            torch.cat([embeds.pooled, embeds.pooled]),
+            drop,
+        )
+        cond, null = both[:b], both[b:]
+        return null + guidance_scale * (cond - null)
+
+    def loss(
+        self,
+        x0: torch.Tensor,
+        embeds: Embeds | None = None,
+        cond_drop_prob: float = 0.1,
+        generator: torch.Generator | None = None,
+        sigma: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean squared error on the raw prediction target (eps, v or x0), unweighted.
+
+        Unweighted MSE is DDPM's simple loss for eps and the "simple diffusion" loss for v; for x0 it equals the eps
+        loss weighted by sigma^2 (SinFusion-style), which favours high noise levels: weight it yourself if needed.
+        sigma defaults to the schedule's training distribution. Each row's condition is dropped (learned null
+        condition) with probability cond_drop_prob so the model also learns the unconditional score for guidance.
+        All randomness comes from `generator` (its device) when given.
+        """
+        b, device = x0.shape[0], x0.device
+        gen_device = generator.device if generator is not None else device
+        if sigma is None:
+            sigma = self.schedule.sample_training_sigmas(b, generator, device=device)
+        else:
+            sigma = _sigma_batch(sigma, x0)
+        eps = torch.randn(x0.shape, generator=generator, device=gen_device).to(device=device, dtype=x0.dtype)
+        s = _expand(sigma, x0)
+        x = x0 + s * eps
+
+        tokens = pooled = drop = None
+        if embeds is not None:
+            embeds = _embeds_for_batch(embeds, x0)
+            tokens, pooled = embeds.tokens, embeds.pooled
+            drop = (torch.rand(b, generator=generator, device=gen_device) < cond_drop_prob).to(device)
+        out = self._network(x, sigma, tokens, pooled, drop)
+
+        if self.config.prediction == "eps":
+            target = eps
+        elif self.config.prediction == "x0":
+            target = x0
+        else:
+            alpha = torch.rsqrt(1.0 + s * s)
+            target = alpha * eps - (s * alpha) * x0
+        return F.mse_loss(out.float(), target.float())
+
+    def _network(self, x, sigma, tokens, pooled, drop) -> torch.Tensor:
+        c_in = _expand(self.schedule.c_in(sigma), x).to(x.dtype)
+        out = self.network(x * c_in, self.schedule.c_noise(sigma), tokens=tokens, pooled=pooled, drop_cond=drop)
+        if out.shape != x.shape:
+            raise ValueError(
+                f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a denoiser network "
+                "must predict one value per input value (check the network's out_channels)"
+            )
+        return out
+
+    def _denoise(self, x, sigma, tokens, pooled, drop) -> torch.Tensor:
+        out = self._network(x, sigma, tokens, pooled, drop).float()
+        xf, s = x.float(), _expand(sigma, x)
+        if self.config.prediction == "eps":
+            x0 = xf - s * out
+        elif self.config.prediction == "x0":
+            x0 = out
+        else:
+            alpha_sq = 1.0 / (1.0 + s * s)
+            x0 = alpha_sq * xf - (s * alpha_sq.sqrt()) * out
+        return x0.to(x.dtype)
+
+
+def _sigma_batch(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a [B] float32 tensor on x's device (a number or one value is broadcast to the batch)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32).to(x.device).reshape(-1)
+    if sigma.numel() == 1:
+        return sigma.expand(x.shape[0]).clone()
+    if sigma.numel() != x.shape[0]:
+        raise ValueError(f"sigma has {sigma.numel()} values for a batch of {x.shape[0]}")
+    return sigma
+
+
+def _expand(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return values.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _embeds_for_batch(embeds: Embeds, x: torch.Tensor) -> Embeds:
+    """Embeds on x's device, one row per image (a single row is repeated for the whole batch)."""
+    b = x.shape[0]
+    if len(embeds) == 1 and b > 1:
+        embeds = embeds.repeat_to(b)
+    elif len(embeds) != b:
+        raise ValueError(f"embeds have {len(embeds)} rows for a batch of {b} images; give 1 or {b} rows")
+    return embeds.to(device=x.device)
