@@ -1,0 +1,47 @@
+"""`semantica encoder export|info`: encoder files for training, embedding and the ComfyUI nodes."""
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("encoder", help="export or inspect frozen image encoder files")
+    commands = parser.add_subparsers(dest="encoder_command", required=True)
+
+    export = commands.add_parser(
+        "export",
+        help="write an encoder file (weights + preprocessing + id) as safetensors",
+        description="Offline, only efficientnet-lite0 ships real weights. Any other timm or open_clip architecture "
+        "needs --random (random weights) or --weights FILE.safetensors; 'local-dir:/dir' reads an open_clip folder "
+        "(open_clip_config.json + open_clip_model.safetensors).",
+    )
+    export.add_argument("name", help="efficientnet-lite0, a timm or open_clip architecture (prefix timm: / open_clip: "
+                        "to choose), or local-dir:/dir")
+    export.add_argument("--out", required=True, help="output .safetensors file")
+    export.add_argument("--random", action="store_true", help="random weights (for tests and pipelines)")
+    export.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    export.add_argument("--weights", help="local safetensors file with the architecture's weights")
+    export.add_argument("--image-size", type=int, help="input size override (default: the architecture's)")
+    export.set_defaults(func=run_export)
+
+    info = commands.add_parser("info", help="print an encoder file's id, dims and preprocessing")
+    info.add_argument("file")
+    info.set_defaults(func=run_info)
+
+
+def run_export(args) -> None:
+    from semantica_core.encoders import export_encoder
+
+    encoder = export_encoder(
+        args.name, args.out, random=args.random, seed=args.seed, weights=args.weights, image_size=args.image_size
+    )
+    print(
+        f"wrote {args.out}: {encoder.encoder_id}, tokens {encoder.num_tokens} x {encoder.token_dim}, "
+        f"pooled {encoder.pooled_dim}, input {encoder.image_size} px"
+    )
+
+
+def run_info(args) -> None:
+    from semantica_core.encoders import read_encoder_spec
+
+    print(json.dumps(read_encoder_spec(args.file).to_dict(), indent=2))
