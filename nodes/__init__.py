@@ -1,0 +1,26 @@
+"""The pack's ComfyUI nodes: thin V3 adapters over semantica_core.
+
+NODE_IDS is plain data so tests and tools can read it without a ComfyUI host; `get_node_list()` imports the
+node modules (and with them ComfyUI) only when the host asks for them.
+"""
+from __future__ import annotations
+
+NODE_IDS = [
+    "SemanticaImagePrep",
+    "SemanticaEncoderLoader",
+]
+
+
+def get_node_list() -> list:
+    from .folders import register_folders
+
+    register_folders()  # before any schema lists files from the folders
+
+    from .image import SemanticaImagePrep
+    from .loaders import SemanticaEncoderLoader
+
+    nodes = [SemanticaImagePrep, SemanticaEncoderLoader]
+    ids = [node.GET_SCHEMA().node_id for node in nodes]
+    if ids != NODE_IDS:
+        raise RuntimeError(f"nodes/__init__.py: NODE_IDS {NODE_IDS} does not match the node classes {ids}")
+    return nodes
