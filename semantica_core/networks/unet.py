@@ -1,0 +1,257 @@
+"""The pair-conditioned UNet of Semantica: an ADM UNet whose condition is a frozen image encoder's output.
+
+The pooled vector (through an MLP) is added to the timestep embedding and reaches every ResBlock by scale-shift;
+the token sequence (through a linear projection and a LayerNorm) is the cross-attention context at the attention
+resolutions and in the middle block.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import (
+    AttentionBlock,
+    Downsample,
+    LayerNorm32,
+    ResBlock,
+    TimestepEmbedder,
+    Upsample,
+    group_norm,
+    zero_module,
+)
+
+
+def config_to_dict(config) -> dict:
+    """A config dataclass as a JSON-safe dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def config_from_dict(cls, data: dict):
+    """Build config dataclass `cls` from a dict; unknown keys are an error (a typo must not pass silently)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(fields)}")
+    # JSON turns tuples into lists; turn them back so configs compare equal after a round trip.
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of `PairConditionedUNet`.
+
+    attention_resolutions are feature-map sizes in pixels at the native `resolution`: level i of channel_mult works at
+    resolution / 2**i, and gets attention when that size is listed. The middle block always has attention. The
+    architecture is fixed by `resolution`; the network still runs on any H, W that are multiples of
+    `required_multiple()`.
+    num_heads is used when head_dim is None; otherwise each attention layer has channels // head_dim heads.
+    cond_drop_prob is stored here for training (classifier-free guidance dropout); the network does not read it.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    resolution: int = 64
+    base_channels: int = 128
+    channel_mult: tuple = (1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple = (32, 16, 8)
+    num_heads: int = 4
+    head_dim: Optional[int] = 64
+    dropout: float = 0.0
+    token_dim: int = 768
+    pooled_dim: int = 768
+    cond_drop_prob: float = 0.1
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        self.channel_mult = tuple(self.channel_mult)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+        if not self.channel_mult:
+            raise ValueError("UNetConfig.channel_mult must list at least one level")
+        level_sizes = [self.resolution // 2**i for i in range(len(self.channel_mult))]
+        if self.resolution % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(
+                f"UNetConfig.resolution={self.resolution} is not divisible by 2**{len(self.channel_mult) - 1} "
+                f"(one halving per extra level of channel_mult={self.channel_mult})"
+            )
+        stray = [r for r in self.attention_resolutions if r not in level_sizes]
+        if stray:
+            raise ValueError(
+                f"UNetConfig.attention_resolutions {stray} match no level; at resolution {self.resolution} the levels "
+                f"work at {level_sizes} px"
+            )
+        for mult in self.channel_mult:
+            channels = self.base_channels * mult
+            heads = channels // self.head_dim if self.head_dim else self.num_heads
+            if heads < 1 or channels % heads or (self.head_dim and channels % self.head_dim):
+                raise ValueError(
+                    f"UNetConfig: {channels} channels cannot be split into heads "
+                    f"(num_heads={self.num_heads}, head_dim={self.head_dim})"
+                )
+
+    def heads(self, channels: int) -> int:
+        return channels // self.head_dim if self.head_dim else self.num_heads
+
+    @property
+    def context_dim(self) -> int:
+        """Width the tokens are projected to: the widest level's channels."""
+        return self.base_channels * max(self.channel_mult)
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UNetConfig":
+        return config_from_dict(cls, data)
+
+
+class ResAttnBlock(nn.Module):
+    """A ResBlock, followed by an AttentionBlock at the attention resolutions."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: UNetConfig, attention: bool):
+        super().__init__()
+        emb_dim = 4 * config.base_channels
+        self.res = ResBlock(in_channels, out_channels, emb_dim, config.dropout)
+        self.attn = (
+            AttentionBlock(out_channels, config.heads(out_channels), config.context_dim) if attention else None
+        )
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = self.res(x, emb)
+        return x if self.attn is None else self.attn(x, context)
+
+
+class PairConditionedUNet(nn.Module):
+    """net(x, c_noise, tokens=None, pooled=None, drop_cond=None) -> out; see docs/design.md.
+
+    Null condition: one learned token [1, 1, D_tok] and one learned pooled vector [1, D_pool]. With tokens=None the
+    whole batch attends to that single token. In a mixed batch each dropped row's N tokens are all replaced by the
+    null token: attention over N identical keys equals attention over that one key, so a dropped row gives the same
+    output as a tokens=None call, for any N, with no attention mask (masks would push SDPA off its fast kernels).
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        base = config.base_channels
+        emb_dim = 4 * base
+
+        self.time_embed = TimestepEmbedder(base, emb_dim)
+        self.pooled_embed = nn.Sequential(
+            nn.Linear(config.pooled_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.token_proj = nn.Linear(config.token_dim, config.context_dim)
+        self.token_norm = LayerNorm32(config.context_dim)
+        self.null_tokens = nn.Parameter(torch.randn(1, 1, config.token_dim) * 0.02)
+        self.null_pooled = nn.Parameter(torch.randn(1, config.pooled_dim) * 0.02)
+
+        self.conv_in = nn.Conv2d(config.in_channels, base, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels = [base]
+        channels = base
+        for level, mult in enumerate(config.channel_mult):
+            attention = config.resolution // 2**level in config.attention_resolutions
+            for _ in range(config.num_res_blocks):
+                self.down.append(ResAttnBlock(channels, base * mult, config, attention))
+                channels = base * mult
+                skip_channels.append(channels)
+            if level != len(config.channel_mult) - 1:
+                self.down.append(Downsample(channels))
+                skip_channels.append(channels)
+
+        self.middle = nn.ModuleList(
+            [ResAttnBlock(channels, channels, config, attention=True), ResAttnBlock(channels, channels, config, False)]
+        )
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            attention = config.resolution // 2**level in config.attention_resolutions
+            for _ in range(config.num_res_blocks + 1):
+                self.up.append(ResAttnBlock(channels + skip_channels.pop(), base * mult, config, attention))
+                channels = base * mult
+            if level != 0:
+                self.up.append(Upsample(channels))
+
+        self.norm_out = group_norm(channels)
+        self.conv_out = zero_module(nn.Conv2d(channels, config.out_channels, 3, padding=1))
+
+    def required_multiple(self) -> int:
+        """H and W must be multiples of this (one halving per extra level)."""
+        return 2 ** (len(self.config.channel_mult) - 1)
+
+    def _condition(self, tokens, pooled, drop_cond, batch: int, dtype: torch.dtype):
+        """(context [B, N, context_dim], pooled embedding [B, emb_dim]) with null rows substituted."""
+        cfg = self.config
+        if tokens is None:
+            if pooled is not None:
+                raise ValueError("PairConditionedUNet: pooled was given without tokens; pass both or neither")
+            tokens = self.null_tokens.expand(batch, 1, cfg.token_dim)
+            pooled = self.null_pooled.expand(batch, cfg.pooled_dim)
+        else:
+            if pooled is None:
+                raise ValueError("PairConditionedUNet: tokens were given without pooled; pass both or neither")
+            if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != cfg.token_dim:
+                raise ValueError(
+                    f"PairConditionedUNet expects tokens [{batch}, N, {cfg.token_dim}]; got {tuple(tokens.shape)} "
+                    "(was the model trained with another encoder?)"
+                )
+            if pooled.shape != (batch, cfg.pooled_dim):
+                raise ValueError(
+                    f"PairConditionedUNet expects pooled [{batch}, {cfg.pooled_dim}]; got {tuple(pooled.shape)}"
+                )
+            tokens, pooled = tokens.to(dtype), pooled.to(dtype)
+            if drop_cond is not None:
+                drop = drop_cond.to(device=tokens.device, dtype=torch.bool).reshape(batch)
+                tokens = torch.where(drop[:, None, None], self.null_tokens.to(dtype), tokens)
+                pooled = torch.where(drop[:, None], self.null_pooled.to(dtype), pooled)
+        context = self.token_norm(self.token_proj(tokens))
+        return context, self.pooled_embed(pooled)
+
+    def _run(self, layer: nn.Module, h, emb, context):
+        if isinstance(layer, (Downsample, Upsample)):
+            return layer(h)
+        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, h, emb, context, use_reentrant=False)
+        return layer(h, emb, context)
+
+    def forward(self, x, c_noise, tokens=None, pooled=None, drop_cond=None) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"PairConditionedUNet expects x [B, {self.config.in_channels}, H, W]; got {tuple(x.shape)}"
+            )
+        batch, _, height, width = x.shape
+        m = self.required_multiple()
+        if height % m or width % m:
+            raise ValueError(
+                f"PairConditionedUNet needs H and W to be multiples of {m} (2**(len(channel_mult)-1)); "
+                f"got {height}x{width}"
+            )
+        if c_noise.ndim == 0:
+            c_noise = c_noise.expand(batch)
+        if c_noise.shape != (batch,):
+            raise ValueError(f"c_noise must have shape [{batch}] (one per row) or []; got {tuple(c_noise.shape)}")
+        dtype = self.conv_in.weight.dtype
+
+        context, pooled_emb = self._condition(tokens, pooled, drop_cond, batch, dtype)
+        # SiLU once here rather than at the start of every ResBlock's embedding projection.
+        emb = F.silu(self.time_embed(c_noise) + pooled_emb)
+
+        h = self.conv_in(x.to(dtype))
+        skips = [h]
+        for layer in self.down:
+            h = self._run(layer, h, emb, context)
+            skips.append(h)
+        for layer in self.middle:
+            h = self._run(layer, h, emb, context)
+        for layer in self.up:
+            if not isinstance(layer, Upsample):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = self._run(layer, h, emb, context)
+        return self.conv_out(F.silu(self.norm_out(h)))
