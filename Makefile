@@ -10,7 +10,7 @@ COMFY_BASE := $(SEMANTICA_HOME)/comfy-base
 # Tests and the demo never reach a model hub: fail at once instead of hanging.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test demo comfyui bench clean
+.PHONY: setup test demo demo-models comfyui bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,26 @@ test: setup
 
 demo: setup
 	$(PYTHON) -m training.demo --out out/demo
+
+# Rebuilds models/demo/ (MNIST pair and reconstruct models, the digit classifier); about an hour on a 2-core CPU.
+DEMO_WORK := out/demo-work
+DEMO_TRAIN := --data out/demo-data/train --cache $(DEMO_WORK)/cache --preset tiny --max-steps 400 --batch-size 32 \
+	--set data.flip=false --set data.pairs_per_page=8 --set data.holdout_pages=0 --set train.checkpoint_every=400 \
+	--set ema.decay=0.995 --sample-every 0 --set sample.num_conditions=4
+demo-models: setup
+	$(PYTHON) scripts/make_demo_data.py --out out/demo-data --classifier-out models/demo/mnist-classifier.safetensors
+	$(PYTHON) -m training.cli encoder export efficientnet-lite0 --out $(DEMO_WORK)/efficientnet-lite0.safetensors
+	$(PYTHON) -m training.cli embed --data out/demo-data/train --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
+		--output $(DEMO_WORK)/cache --num-workers 0 --batch-size 50
+	$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing pairs --output-dir $(DEMO_WORK)/train-pairs
+	$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing reconstruct --output-dir $(DEMO_WORK)/train-reconstruct
+	$(PYTHON) scripts/make_demo_data.py \
+		--slim $(DEMO_WORK)/train-pairs/model.safetensors models/demo/mnist-pairs.safetensors \
+		--slim $(DEMO_WORK)/train-reconstruct/model.safetensors models/demo/mnist-reconstruct.safetensors
+	$(PYTHON) -m training.cli eval variations --model models/demo/mnist-pairs.safetensors \
+		--model models/demo/mnist-reconstruct.safetensors --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
+		--data out/demo-data/heldout.jsonl --classifier models/demo/mnist-classifier.safetensors \
+		--json $(DEMO_WORK)/eval.json
 
 comfyui: setup
 	@$(PYTHON) scripts/run_comfyui.py --comfyui $(COMFY) --base $(COMFY_BASE) --port $(PORT)

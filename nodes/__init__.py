@@ -8,6 +8,13 @@ from __future__ import annotations
 NODE_IDS = [
     "SemanticaImagePrep",
     "SemanticaEncoderLoader",
+    "SemanticaUNetLoader",
+    "SemanticaEncodeImage",
+    "SemanticaClipVisionEmbeds",
+    "SemanticaEmbedsMix",
+    "SemanticaVariationSampler",
+    "SemanticaSDEdit",
+    "SinDiffusionTrain", "SinDiffusionSample", "SinDiffusionOutpaint", "SinDiffusionTextGuided",
 ]
 
 
@@ -16,10 +23,23 @@ def get_node_list() -> list:
 
     register_folders()  # before any schema lists files from the folders
 
+    from .embeds import SemanticaClipVisionEmbeds, SemanticaEmbedsMix, SemanticaEncodeImage
     from .image import SemanticaImagePrep
-    from .loaders import SemanticaEncoderLoader
+    from .loaders import SemanticaEncoderLoader, SemanticaUNetLoader
+    from .sampling import SemanticaSDEdit, SemanticaVariationSampler
+    from .sindiffusion import NODES as SINDIFFUSION_NODES
 
-    nodes = [SemanticaImagePrep, SemanticaEncoderLoader]
+    nodes = [
+        SemanticaImagePrep,
+        SemanticaEncoderLoader,
+        SemanticaUNetLoader,
+        SemanticaEncodeImage,
+        SemanticaClipVisionEmbeds,
+        SemanticaEmbedsMix,
+        SemanticaVariationSampler,
+        SemanticaSDEdit,
+        *SINDIFFUSION_NODES,
+    ]
     ids = [node.GET_SCHEMA().node_id for node in nodes]
     if ids != NODE_IDS:
         raise RuntimeError(f"nodes/__init__.py: NODE_IDS {NODE_IDS} does not match the node classes {ids}")

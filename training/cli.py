@@ -11,6 +11,8 @@ COMMAND_MODULES = [
     "training.commands.encoder",
     "training.commands.init",
     "training.commands.checkpoint",
+    "training.commands.eval_variations",
+    "training.commands.bench",
 ]
 
 

@@ -1,0 +1,140 @@
+"""Sampling nodes: image variations of embeddings, and SDEdit of a guide image (optionally masked).
+
+Both call semantica_core.pipeline with the model on ComfyUI's compute device, report every sampler step to the
+progress bar (with an x0 preview when ComfyUI runs with --preview-method), stop at the next step when the user
+cancels, and return images on ComfyUI's intermediate device.
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+from comfy_api.latest import io
+
+from semantica_core.diffusion import SAMPLERS, SPACINGS
+
+from .convert import core_to_image, image_to_core, mask_to_core
+from .embeds import EmbedsSocket
+from .model import ModelSocket
+from .progress import SamplingProgress
+
+SAMPLER_NAMES = list(SAMPLERS)
+MAX_SEED = 2**63 - 1  # image i uses seed + i, and torch seeds stop at 2**64 - 1
+MAX_SIZE = 8192
+
+
+def _check_combos(**values) -> bool | str:
+    # ComfyUI 0.3.x does not check V3 combo values itself: refuse bad ones before the prompt runs.
+    options = {"sampler": SAMPLER_NAMES, "spacing": list(SPACINGS)}
+    for name, value in values.items():
+        if value is not None and value not in options[name]:
+            return f"{name} '{value}' is not one of: {', '.join(options[name])}"
+    return True
+
+
+def _output(images) -> io.NodeOutput:
+    return io.NodeOutput(core_to_image(images).to(comfy.model_management.intermediate_device()))
+
+
+class SemanticaVariationSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SemanticaVariationSampler",
+            display_name="Semantica Variations",
+            category="semantica/sampling",
+            description="Samples variations of each embedding with a pair-conditioned model. Variation k of "
+            "embedding j uses seed + j * count + k, so every image can be reproduced alone. The embeddings must "
+            "come from the encoder the model was trained with.",
+            inputs=[
+                ModelSocket.Input("model"),
+                EmbedsSocket.Input("embeds"),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                io.Int.Input("count", default=4, min=1, max=64, tooltip="variations per embedding"),
+                io.Int.Input("steps", default=30, min=1, max=1000),
+                io.Float.Input("guidance", default=3.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="classifier-free guidance scale: 1 = none, higher follows the image more"),
+                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="dpmpp_2m"),
+                io.Combo.Input("spacing", options=list(SPACINGS), default="karras",
+                               tooltip="noise levels: karras (fewer steps) or uniform in time"),
+                io.Int.Input("width", default=0, min=0, max=MAX_SIZE, step=1,
+                             tooltip="0 = the model's resolution; any size works (sampled on a canvas rounded "
+                             "up to the network's multiple, then cropped)"),
+                io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=1, tooltip="0 = the model's resolution"),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler=None, spacing=None):
+        return _check_combos(sampler=sampler, spacing=spacing)
+
+    @classmethod
+    def execute(cls, model, embeds, seed, count, steps, guidance, sampler, spacing, width, height) -> io.NodeOutput:
+        from semantica_core.pipeline import sample_variations
+
+        if model.kind != "pair_conditioned":
+            raise ValueError(
+                f"Semantica Variations needs a pair-conditioned model; {model.name} is a '{model.kind}' model "
+                f"(sample single-image models with the SinDiffusion nodes)"
+            )
+        images = sample_variations(
+            model.load(), embeds, seed=seed, count=count, steps=steps, guidance=guidance, sampler=sampler,
+            spacing=spacing, width=width or None, height=height or None, callback=SamplingProgress(),
+        )
+        return _output(images)
+
+
+class SemanticaSDEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SemanticaSDEdit",
+            display_name="Semantica SDEdit",
+            category="semantica/sampling",
+            description="SDEdit: noises the guide image (a stroke painting, a photo) to `strength` and denoises it "
+            "with the model, so the result is realistic and follows the guide. With a mask only the masked area "
+            "(mask 1) changes; the rest is the guide exactly. Any image size works; bring photos near the model's "
+            "resolution first (Semantica Image Prep).",
+            inputs=[
+                ModelSocket.Input("model"),
+                io.Image.Input("image", tooltip="the guide: RGB, RGBA (over white) or grayscale"),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                io.Float.Input("strength", default=0.5, min=0.01, max=1.0, step=0.01,
+                               tooltip="t0: how far the guide is noised; low keeps the guide, high trusts the model"),
+                io.Int.Input("steps", default=30, min=1, max=1000, tooltip="sampler steps of one pass"),
+                io.Int.Input("repeats", default=1, min=1, max=20,
+                             tooltip="passes, each starting from the previous result (more realism, less guide)"),
+                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="ddpm"),
+                io.Float.Input("guidance", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="classifier-free guidance scale when embeds are connected (1 = none)"),
+                io.Mask.Input("mask", optional=True, tooltip="1 = the area to change (LoadImage's mask: transparent "
+                              "pixels); resized to the image"),
+                EmbedsSocket.Input("embeds", optional=True,
+                                   tooltip="condition for pair-conditioned models: one row, or one per image"),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler=None):
+        return _check_combos(sampler=sampler)
+
+    @classmethod
+    def execute(cls, model, image, seed, strength, steps, repeats, sampler, guidance, mask=None,
+                embeds=None) -> io.NodeOutput:
+        from semantica_core.pipeline import sdedit_images
+
+        loaded = model.load()
+        guide = image_to_core(image.to(model.device))
+        batch, _, height, width = guide.shape
+        if mask is not None:
+            mask = mask_to_core(mask.to(model.device), batch, height, width)
+            if not mask.any():
+                logging.warning("Semantica SDEdit: the mask is empty (0 everywhere), so nothing changes; paint the "
+                                "area to change in the mask editor, or disconnect the mask to edit the whole image")
+        images = sdedit_images(
+            loaded, guide, seed=seed, t0=strength, steps=steps, repeats=repeats, mask=mask, embeds=embeds,
+            guidance=guidance, sampler=sampler, callback=SamplingProgress(),
+        )
+        return _output(images)

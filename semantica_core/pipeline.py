@@ -1,0 +1,169 @@
+"""What hosts call: sample variations of embeddings, and SDEdit a guide. Images in and out are [B,3,H,W] in [0, 1].
+
+Both functions take any width and height: the network runs on a canvas rounded up to its `required_multiple()` and
+the result is cropped back (SDEdit pads the guide by reflection, so the crop returns exactly the requested pixels).
+Randomness comes only from per-image seeds (`BatchNoise`), so image i is the same alone or in a batch.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .checkpoint import SemanticaModel, check_embeds_match
+from .diffusion import BatchNoise, get_sigmas, initial_noise, sample, sdedit
+from .embeds import Embeds
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def canvas_size(model: SemanticaModel, width: int, height: int) -> tuple[int, int]:
+    """The size the network samples at: the request rounded up to the network's multiple (cropped back after)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"width and height must be at least 1 pixel; got {width}x{height}")
+    multiple = model.network.required_multiple()
+    return _round_up(width, multiple), _round_up(height, multiple)
+
+
+def _center_crop(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    top = (x.shape[-2] - height) // 2
+    left = (x.shape[-1] - width) // 2
+    return x[..., top : top + height, left : left + width]
+
+
+def _pad_to(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Reflect-pads (replicate for tiny images) to a larger canvas, centred, so the crop back is exact."""
+    pad_h, pad_w = height - x.shape[-2], width - x.shape[-1]
+    if pad_h == 0 and pad_w == 0:
+        return x
+    pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+    mode = "reflect" if max(pads[0], pads[1]) < x.shape[-1] and max(pads[2], pads[3]) < x.shape[-2] else "replicate"
+    return torch.nn.functional.pad(x, pads, mode=mode)
+
+
+def _model_device(model: SemanticaModel) -> torch.device:
+    return next(model.network.parameters()).device
+
+
+def _denoise_fn(model: SemanticaModel, embeds: Optional[Embeds], guidance: float):
+    def denoise(x, sigma):
+        return model.denoiser(x, sigma, embeds=embeds, guidance_scale=guidance)
+
+    return denoise
+
+
+def _check_seed(seed: int, count: int) -> None:
+    # torch generators take seeds up to 2**64 - 1; image i uses seed + i.
+    if seed < 0 or seed + count - 1 > 0xFFFF_FFFF_FFFF_FFFF:
+        raise ValueError(f"seed must be in 0..2**64-1 for all {count} images (seed + i); got {seed}")
+
+
+@torch.no_grad()
+def sample_variations(
+    model: SemanticaModel,
+    embeds: Optional[Embeds],
+    *,
+    seed: int,
+    count: int = 1,
+    steps: int = 30,
+    guidance: float = 3.0,
+    sampler: str = "dpmpp_2m",
+    spacing: str = "karras",
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    callback: Optional[Callable[[dict], None]] = None,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """`count` variations of each row of `embeds`; image k of condition j uses seed + j * count + k.
+
+    Returns [rows * count, C, height, width] in [0, 1] on the model's device. `embeds=None` samples unconditionally.
+    width / height None or 0: the model's training resolution. device: where the weights are (the default).
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1; got {count}")
+    if not width or not height:
+        if model.resolution is None:
+            raise ValueError(
+                f"{model.path} does not record the resolution it was trained at: give width and height explicitly"
+            )
+        width, height = width or model.resolution, height or model.resolution
+    device = device or _model_device(model)
+    canvas_w, canvas_h = canvas_size(model, width, height)
+    rows = 1
+    if embeds is not None:
+        check_embeds_match(model, embeds)
+        rows = len(embeds)
+        embeds = embeds.select(torch.arange(rows).repeat_interleave(count)).to(device=device, dtype=torch.float32)
+    _check_seed(seed, rows * count)
+    noise = BatchNoise([seed + i for i in range(rows * count)], device)
+    sigmas = get_sigmas(model.denoiser.schedule, steps, spacing=spacing)
+    x = initial_noise(noise, (model.channels, canvas_h, canvas_w), float(sigmas[0]))
+    x = sample(sampler, _denoise_fn(model, embeds, guidance), x, sigmas, noise=noise, callback=callback)
+    return _center_crop(x, width, height).clamp(-1, 1).add(1).div(2)
+
+
+@torch.no_grad()
+def sdedit_images(
+    model: SemanticaModel,
+    guide: torch.Tensor,
+    *,
+    seed: int,
+    t0: float = 0.5,
+    steps: int = 30,
+    repeats: int = 1,
+    mask: Optional[torch.Tensor] = None,
+    embeds: Optional[Embeds] = None,
+    guidance: float = 1.0,
+    sampler: str = "ddpm",
+    spacing: str = "uniform",
+    callback: Optional[Callable[[dict], None]] = None,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """SDEdit: noise `guide` ([B,C,H,W] in [0,1], any H and W) to t0 and denoise it; returns [B,C,H,W] in [0, 1].
+
+    mask [B or 1, 1, H, W] in [0, 1], 1 = region to change; outside it the result equals the guide exactly.
+    embeds: one row for all images or one per image (image-conditioned models only). Image i uses seed + i.
+    steps None or 0: one step per DDPM timestep below t0 (see `sdedit_sigmas`).
+    """
+    if guide.ndim != 4:
+        raise ValueError(f"the guide must be images [B, C, H, W]; got shape {tuple(guide.shape)}")
+    batch, channels, height, width = guide.shape
+    if channels != model.channels:
+        raise ValueError(f"the guide has {channels} channels but the model makes {model.channels}")
+    device = device or _model_device(model)
+    canvas_w, canvas_h = canvas_size(model, width, height)
+    guide01 = guide.to(device=device, dtype=torch.float32)
+    padded_mask = None
+    if mask is not None:
+        fits = mask.ndim == 4 and mask.shape[1] == 1 and mask.shape[0] in (1, batch)
+        if not fits or mask.shape[-2:] != (height, width):
+            raise ValueError(
+                f"the mask must be [1 or {batch}, 1, {height}, {width}] (the guide's size); got {tuple(mask.shape)}"
+            )
+        mask = mask.to(device=device, dtype=torch.float32).clamp(0, 1)
+        padded_mask = _pad_to(mask, canvas_w, canvas_h)
+    if embeds is not None:
+        check_embeds_match(model, embeds)
+        if len(embeds) not in (1, batch):
+            raise ValueError(f"give one embedding for all {batch} guide images or one per image; got {len(embeds)}")
+        embeds = embeds.repeat_to(batch).to(device=device, dtype=torch.float32)
+    _check_seed(seed, batch)
+    noise = BatchNoise([seed + i for i in range(batch)], device)
+    out = sdedit(
+        _denoise_fn(model, embeds, guidance),
+        _pad_to(guide01 * 2 - 1, canvas_w, canvas_h),
+        model.denoiser.schedule,
+        t0=t0,
+        steps=steps,
+        repeats=repeats,
+        mask=padded_mask,
+        sampler=sampler,
+        noise=noise,
+        callback=callback,
+        spacing=spacing,
+    )
+    out = _center_crop(out, width, height).clamp(-1, 1).add(1).div(2)
+    # Paste in [0, 1] so the kept region is bit-exact (a [-1, 1] round trip is not).
+    return out if mask is None else torch.lerp(guide01, out, mask.expand_as(out))

@@ -1,0 +1,374 @@
+"""SinDiffusion end to end on the CPU: train on a real photo, sample any size, outpaint, text guidance, harmonize,
+evaluate; and through a real ComfyUI server with the shipped workflows (marked `host`).
+
+The trained model is the tiny preset on skimage's chelsea at 64 px for 200 steps (about 30 s on two free cores):
+far from converged, but enough to measure that training moves the samples toward the photo's patch statistics.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semantica_core.checkpoint import load_checkpoint, read_checkpoint_metadata
+from semantica_core.metrics.diversity import LPIPS, load_lpips, pairwise_distances, pairwise_diversity
+from semantica_core.metrics.frechet import frechet_distance, frechet_distance_features
+from semantica_core.metrics.sifid import (
+    InceptionFirstBlock,
+    RandomConvFeatures,
+    load_inception_first_block,
+    sifid,
+    sifid_feature_network,
+)
+from semantica_core.networks import PatchUNet, PatchUNetConfig
+from semantica_core.single_image import (
+    PRESETS,
+    SingleImageTrainConfig,
+    init_train_state,
+    outpaint,
+    prepare_training_image,
+    sample_single_image,
+    save_single_image_checkpoint,
+    state_path_for,
+    train_single_image,
+)
+
+TRAIN_STEPS = 200
+TRAIN_SIDE = 64
+
+
+def _chelsea() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.chelsea()
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(scope="module")
+def photo_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "chelsea.png"
+    Image.fromarray(_chelsea()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(trained model, untrained model, training image [1,3,h,w] in [0, 1]): the same seed, 0 and 200 steps."""
+    folder = tmp_path_factory.mktemp("single")
+    config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", max_side=TRAIN_SIDE, batch_size=8, lr=1e-3)
+    state = init_train_state(_as_tensor(_chelsea()), config, "cpu")
+    save_single_image_checkpoint(folder / "untrained.safetensors", state)
+    train_single_image(None, steps=TRAIN_STEPS, state=state)
+    save_single_image_checkpoint(folder / "trained.safetensors", state, source_image="chelsea")
+    real = state.image.add(1).div(2)
+    return load_checkpoint(folder / "trained.safetensors"), load_checkpoint(folder / "untrained.safetensors"), real
+
+
+# --- training: data, resume, the checkpoint ----------------------------------------------------------------------
+
+
+def test_training_image_keeps_aspect_and_never_enlarges():
+    image = torch.rand(1, 3, 300, 451)
+    assert prepare_training_image(image, 250).shape[-2:] == (166, 250)
+    assert prepare_training_image(torch.rand(1, 3, 40, 60), 250).shape[-2:] == (40, 60)
+    with pytest.raises(ValueError, match="one RGB image"):
+        prepare_training_image(torch.rand(2, 3, 40, 60), 250)
+
+
+def test_cli_resume_continues_the_same_run(photo_file, tmp_path):
+    from training.train_single import main
+
+    common = ["--preset", "sindiffusion_tiny", "--size", "16", "--batch-size", "2", "--seed", "3", "--device", "cpu"]
+    straight, split = tmp_path / "straight.safetensors", tmp_path / "split.safetensors"
+    assert main([str(photo_file), "--out", str(straight), "--max-steps", "6", *common]) == 0
+    assert main([str(photo_file), "--out", str(split), "--max-steps", "3", *common]) == 0
+    assert state_path_for(split).is_file()
+    # a second run without --resume must not silently discard the state
+    assert main([str(photo_file), "--out", str(split), "--max-steps", "6", *common]) == 1
+    assert main([str(photo_file), "--out", str(split), "--max-steps", "6", "--resume", "--device", "cpu"]) == 0
+    a, b = load_checkpoint(straight), load_checkpoint(split)
+    for (name, p), q in zip(a.network.state_dict().items(), b.network.state_dict().values()):
+        assert torch.equal(p, q), name
+    info = read_checkpoint_metadata(split)
+    assert info["kind"] == "single_image" and info["has_ema"]
+    training = info["training"]
+    assert training["steps"] == 6 and (training["source_width"], training["source_height"]) == (451, 300)
+    assert (training["train_width"], training["train_height"]) == (16, 11)
+    assert training["source_image"] == str(photo_file.resolve())
+
+
+def test_receptive_field_is_reported(trained):
+    model, _, _ = trained
+    tiny = PatchUNet(PatchUNetConfig.from_dict(PRESETS["sindiffusion_tiny"]["network"]))
+    assert model.training_info["receptive_field"] == tiny.receptive_field() == 45
+    assert PatchUNet(PatchUNetConfig.from_dict(PRESETS["sindiffusion"]["network"])).receptive_field() == 101
+
+
+# --- what training achieves ----------------------------------------------------------------------------------------
+
+
+def test_training_moves_samples_toward_the_photos_patch_statistics(trained):
+    model, untrained, real = trained
+    features = RandomConvFeatures()
+    after = sample_single_image(model, seed=10, count=6, steps=20, sampler="dpmpp_2m")
+    before = sample_single_image(untrained, seed=10, count=6, steps=20, sampler="dpmpp_2m")
+    sifid_after, sifid_before = sifid(features, real, after), sifid(features, real, before)
+    print(f"substitute SIFID (median of 6): untrained {sifid_before.median():.3f}, "
+          f"{TRAIN_STEPS} steps {sifid_after.median():.3f}")
+    assert sifid_after.median() < 0.5 * sifid_before.median()
+    # samples differ from each other and are not copies of the photo
+    assert pairwise_diversity(after) > 0.03
+    to_photo = (after - real).abs().flatten(1).mean(1)
+    print(f"mean |sample - photo| per sample: {[round(float(d), 3) for d in to_photo]}")
+    assert to_photo.min() > 0.03
+
+
+def test_samples_at_twice_the_width(trained):
+    model, _, real = trained
+    height, width = real.shape[-2:]
+    wide = sample_single_image(model, seed=1, count=2, width=2 * width, steps=10)
+    assert wide.shape == (2, 3, height, 2 * width)
+    assert 0 <= wide.min() and wide.max() <= 1
+    # image k depends only on seed + k
+    alone = sample_single_image(model, seed=2, count=1, width=2 * width, steps=10)
+    assert torch.allclose(alone[0], wide[1], atol=1e-5)
+
+
+def test_outpaint_keeps_the_known_region_exactly(trained):
+    model, _, real = trained
+    out = outpaint(model, real, left=6, right=13, top=5, bottom=2, seed=4, steps=20, sampler="ddpm")
+    height, width = real.shape[-2:]
+    assert out.shape == (1, 3, height + 7, width + 19)
+    assert torch.equal(out[:, :, 5 : 5 + height, 6 : 6 + width], real)
+    new_area = torch.cat([out[:, :, :, :6].flatten(), out[:, :, :, 6 + width :].flatten()])
+    assert new_area.std() > 0.02  # filled with content, not a flat colour
+    with pytest.raises(ValueError, match="margins"):
+        outpaint(model, real, left=-1, seed=0)
+
+
+def test_harmonization_through_sdedit_images(trained):
+    from semantica_core.pipeline import sdedit_images
+
+    model, _, real = trained
+    composite = real.clone()
+    composite[:, :, 10:25, 20:40] = torch.tensor([0.1, 0.3, 0.9]).view(1, 3, 1, 1)  # a pasted blue patch
+    mask = torch.zeros(1, 1, *real.shape[-2:])
+    mask[:, :, 10:25, 20:40] = 1
+    out = sdedit_images(model, composite, seed=0, t0=0.5, steps=20, mask=mask)
+    assert torch.equal(out[mask.expand_as(out) == 0], composite[mask.expand_as(out) == 0])
+    inside = out[:, :, 10:25, 20:40]
+    blue = torch.tensor([0.1, 0.3, 0.9]).view(1, 3, 1, 1)
+    assert (inside - blue).abs().mean() > 0.05  # the pasted patch took on the photo's colours
+
+
+# --- text guidance -------------------------------------------------------------------------------------------------
+
+
+def tiny_clip():
+    """A random open_clip model from a custom config (open_clip.CLIP takes the config dicts directly); the BPE
+    tokenizer ships with open_clip, so nothing is downloaded."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    )
+    return model.eval(), open_clip.get_tokenizer("ViT-B-32")
+
+
+def test_text_guidance_moves_clip_similarity_toward_the_prompt(trained):
+    from semantica_core.text_guidance import ClipScorer, sample_text_guided
+
+    model, _, _ = trained
+    clip, tokenizer = tiny_clip()
+    prompt = "a red cat on a blue sofa"
+    scorer = ClipScorer(clip, tokenizer, prompt)
+    unguided = sample_text_guided(model, prompt, clip, tokenizer, 0.0, seed=7, count=3, steps=20)
+    assert torch.equal(unguided, sample_single_image(model, seed=7, count=3, steps=20, sampler="ddpm"))
+    guided = sample_text_guided(model, prompt, clip, tokenizer, 0.05, seed=7, count=3, steps=20)
+    with torch.no_grad():
+        before, after = scorer(unguided), scorer(guided)
+    print(f"CLIP similarity unguided {before.tolist()} guided {after.tolist()}")
+    assert (after > before).all()
+
+
+def test_load_clip_names_a_missing_file(tmp_path):
+    from semantica_core.text_guidance import load_clip
+
+    with pytest.raises(FileNotFoundError, match="does not download"):
+        load_clip("ViT-B-32", tmp_path / "missing.safetensors")
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
+
+
+def test_frechet_distance_of_known_gaussians():
+    # N(0, I) vs N(m, 4I) in 3-D: |m|^2 + tr(I + 4I - 2*2I) = |m|^2 + 3
+    mu = torch.tensor([1.0, 2.0, 0.0])
+    d = frechet_distance(torch.zeros(3), torch.eye(3), mu, 4 * torch.eye(3))
+    assert abs(float(d) - (5.0 + 3.0)) < 1e-9
+    x = torch.randn(400, 5, generator=torch.Generator().manual_seed(0))
+    assert float(frechet_distance_features(x, x)) < 1e-8
+
+
+def test_sifid_is_zero_for_the_image_itself_and_grows_with_change():
+    real = _as_tensor(_chelsea())[:, :, ::4, ::4]
+    noisy = (real + 0.2 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    values = sifid(RandomConvFeatures(), real, torch.cat([real, noisy, real.flip(-1)]))
+    assert values[0] < 1e-6 and values[1] > 10 * values[2] > 0
+
+
+def test_inception_weights_load_from_a_torchvision_state_dict(tmp_path):
+    from safetensors.torch import save_file
+    from torchvision.models import inception_v3
+
+    net = inception_v3(weights=None, aux_logits=True, init_weights=True)
+    path = tmp_path / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    block = load_inception_first_block(path)
+    assert torch.equal(block.Conv2d_2b_3x3.conv.weight, net.Conv2d_2b_3x3.conv.weight)
+    assert block(torch.rand(1, 3, 64, 96)).shape[1] == 64
+    assert sifid_feature_network(path).comparable and not sifid_feature_network(None).comparable
+    with pytest.raises(FileNotFoundError, match="substitute"):
+        sifid_feature_network(tmp_path / "missing.safetensors")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not an InceptionV3"):
+        load_inception_first_block(tmp_path / "other.safetensors")
+    assert isinstance(block, InceptionFirstBlock)
+
+
+def test_lpips_weights_in_the_lpips_package_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = LPIPS()
+    state = {}
+    slices = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
+    for key, value in reference.features.state_dict().items():
+        index = int(key.split(".")[0])
+        state[f"net.slice{slices[index]}.{key}"] = value
+    for k, lin in enumerate(reference.lins):
+        state[f"lin{k}.model.1.weight"] = lin.weight.detach().abs()
+    save_file(state, str(tmp_path / "lpips.safetensors"))
+    lpips = load_lpips(tmp_path / "lpips.safetensors")
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    same = pairwise_distances(torch.cat([images[:1], images[:1]]), lpips)
+    assert float(same) == 0 and pairwise_diversity(images, lpips) > 0
+    assert pairwise_distances(images, "l1").shape == (3,)
+
+
+# --- evaluation CLI ------------------------------------------------------------------------------------------------
+
+
+def test_eval_single_reports_median_and_spread(trained, photo_file, tmp_path):
+    from training.eval_single import main
+
+    model, _, _ = trained
+    out = tmp_path / "eval.json"
+    assert main([model.path, "--images", str(photo_file), "--samples", "4", "--steps", "10", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert not report["sifid_comparable_to_published"] and "substitute" in report["sifid_features"]
+    assert "substitute" in report["diversity_distance"]
+    (result,) = report["models"]
+    assert set(result["sifid"]) == {"mean", "median", "q25", "q75", "iqr"} and len(result["sifid_per_sample"]) == 4
+    assert result["sifid"]["q25"] <= result["sifid"]["median"] <= result["sifid"]["q75"]
+    assert main([model.path, "--samples", "2", "--steps", "2", "--device", "cpu"]) == 1  # "chelsea" is no file
+
+
+# --- through a real ComfyUI server ---------------------------------------------------------------------------------
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+
+
+def _workflow_prompt(comfy, name: str, image: str, train_size: int = 32, **node_inputs) -> dict:
+    """A shipped workflow as an API prompt, with a tiny quick training and `node_inputs` overrides per node type."""
+    from tools.hostctl import ui_to_api
+
+    api = ui_to_api(json.loads((WORKFLOWS / name).read_text()), comfy.object_info(refresh=True))
+    for node in api.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = image
+        if node["class_type"] == "SinDiffusionTrain":
+            node["inputs"].update(steps=5, size=train_size, preset="sindiffusion_tiny")
+            node["inputs"]["model_name"] = f"host_test_{name.removesuffix('.json')}"
+        node["inputs"].update(node_inputs.get(node["class_type"], {}))
+    return api
+
+
+def _output(comfy, history, api, class_type: str) -> list[np.ndarray]:
+    (node_id,) = [nid for nid, node in api.items() if node["class_type"] == "SaveImage"
+                  and api[node["inputs"]["images"][0]]["class_type"] == class_type]
+    return comfy.get_images(history, node_id=node_id)
+
+
+@pytest.mark.host
+def test_host_sample_twice_the_training_width(comfy):
+    photo = comfy.upload_image(_chelsea(), name="sindiffusion_chelsea.png")
+    api = _workflow_prompt(comfy, "sindiffusion_new_aspect_ratio.json", photo,
+                           SinDiffusionSample={"width": 64, "height": 0, "count": 2, "steps": 4})
+    history = comfy.run(api, timeout=600)
+    images = _output(comfy, history, api, "SinDiffusionSample")
+    assert [im.shape for im in images] == [(21, 64, 3)] * 2  # trained at 32 x 21: twice the width
+    assert np.abs(images[0].astype(int) - images[1]).mean() > 1
+
+
+@pytest.mark.host
+def test_host_outpaint_keeps_the_training_image_exactly(comfy):
+    photo = comfy.upload_image(_chelsea(), name="sindiffusion_chelsea.png")
+    api = _workflow_prompt(comfy, "sindiffusion_outpainting.json", photo,
+                           SinDiffusionOutpaint={"left": 4, "right": 12, "top": 3, "bottom": 0, "steps": 4})
+    train_id = next(nid for nid, node in api.items() if node["class_type"] == "SinDiffusionTrain")
+    api["99"] = {"class_type": "SaveImage", "inputs": {"images": [train_id, 1], "filename_prefix": "host_train_image"}}
+    history = comfy.run(api, timeout=600)
+    (out,) = _output(comfy, history, api, "SinDiffusionOutpaint")
+    (training_image,) = comfy.get_images(history, node_id="99")
+    assert training_image.shape == (21, 32, 3) and out.shape == (24, 48, 3)
+    assert np.array_equal(out[3:, 4:36], training_image)
+
+
+@pytest.mark.host
+def test_host_text_guided_and_harmonization_workflows_run(comfy, comfy_models_dir):
+    import open_clip
+    from safetensors.torch import save_file
+
+    # a random ViT-S-32 (the smallest stock open_clip architecture) stands in for the workflow's ViT-B-32 weights
+    clip_file = comfy_models_dir / "open_clip" / "host_test_vit_s32.safetensors"
+    if not clip_file.exists():
+        clip_file.parent.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = open_clip.create_model("ViT-S-32")
+        save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(clip_file))
+    photo = comfy.upload_image(_chelsea(), name="sindiffusion_chelsea.png")
+    api = _workflow_prompt(comfy, "sindiffusion_text_guided.json", photo, SinDiffusionTextGuided={
+        "clip_name": clip_file.name, "clip_arch": "ViT-S-32", "count": 1, "steps": 3})
+    (image,) = _output(comfy, comfy.run(api, timeout=600), api, "SinDiffusionTextGuided")
+    assert image.shape == (21, 32, 3)
+
+    rgba = np.dstack([_chelsea(), np.full(_chelsea().shape[:2], 255, np.uint8)])
+    rgba[60:200, 120:300, 3] = 0  # the paste area
+    background = comfy.upload_image(rgba, name="sindiffusion_paste_area.png")
+    import skimage.data
+
+    thing = comfy.upload_image(skimage.data.coffee(), name="sindiffusion_object.png")
+    from tools.hostctl import ui_to_api
+
+    api = ui_to_api(json.loads((WORKFLOWS / "sindiffusion_harmonization.json").read_text()), comfy.object_info())
+    for node in api.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = background if "masked" in node["inputs"]["image"] else thing
+        if node["class_type"] == "SinDiffusionTrain":
+            node["inputs"].update(steps=5, size=32, preset="sindiffusion_tiny", model_name="host_test_harmonize")
+        if node["class_type"] == "SemanticaImagePrep":
+            node["inputs"].update(width=32, height=21)
+        if node["class_type"] == "SemanticaSDEdit":
+            node["inputs"]["steps"] = 3
+    (image,) = _output(comfy, comfy.run(api, timeout=600), api, "SemanticaSDEdit")
+    assert image.shape == (21, 32, 3)

@@ -1,0 +1,334 @@
+"""`make demo`: the shipped workflows on the embedded demo models, through a real headless ComfyUI.
+
+What it does (several minutes on a busy 2-core CPU after `make setup`; --quick for a short run):
+  1. writes the MNIST demo data (scripts/make_demo_data.py: 4,500 training digits, 500 held out) under OUT/data;
+  2. exports the real EfficientNet-Lite0 encoder into the demo ComfyUI's models/semantica/encoders (its encoder_id
+     is deterministic, so the embedded models trained on it match) and copies models/demo/*.safetensors into
+     models/semantica;
+  3. starts ComfyUI headless (tools/hostctl.ComfyServer) and runs, converted with ui_to_api:
+     - workflows/semantica_image_variations.json on held-out digits, with the pair-conditioned model and with its
+       twin trained to reconstruct its condition (the paper's baseline), same seeds;
+     - workflows/sdedit_stroke_painting.json on a coarse stroke painting made from a held-out digit;
+     - the SinDiffusion workflows (a sample at a new size, an outpaint) when the workflow, its nodes and the
+       embedded model exist (otherwise it says which is missing and goes on);
+  4. writes every image and a contact sheet (OUT/contact_sheet.png) and prints the metrics of
+     `semantica eval variations` for the two models side by side (OUT/metrics.json).
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+MODELS_DIR = REPO_ROOT / "models" / "demo"
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+PAIRS_MODEL = "mnist-pairs.safetensors"
+RECONSTRUCT_MODEL = "mnist-reconstruct.safetensors"
+CLASSIFIER = "mnist-classifier.safetensors"
+SINGLE_MODEL = "sindiffusion-photo.safetensors"
+ENCODER_NAME = "efficientnet-lite0"
+ENCODER_FILE = "efficientnet-lite0.safetensors"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def load_demo_data_module():
+    spec = importlib.util.spec_from_file_location("make_demo_data", REPO_ROOT / "scripts" / "make_demo_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stroke_painting(digit: np.ndarray, cell: int = 4) -> np.ndarray:
+    """A coarse 'painting' of a [32, 32] uint8 digit: blocks of `cell` px where the digit has ink, as a child would
+    paint it with a broad brush; SDEdit must turn it back into a plausible digit."""
+    h, w = digit.shape
+    blocks = digit.reshape(h // cell, cell, w // cell, cell).mean((1, 3))
+    strokes = np.where(blocks > 80, 200, 0).astype(np.uint8)
+    return np.kron(strokes, np.ones((cell, cell), dtype=np.uint8))
+
+
+def prompt_nodes(api: dict, class_type: str) -> list[str]:
+    return [nid for nid, node in api.items() if node["class_type"] == class_type]
+
+
+def set_inputs(api: dict, class_type: str, **values) -> str:
+    """Sets widget values on the one node of `class_type`; returns its id."""
+    ids = prompt_nodes(api, class_type)
+    if len(ids) != 1:
+        raise RuntimeError(f"expected one {class_type} node in the workflow, found {len(ids)}")
+    api[ids[0]]["inputs"].update(values)
+    return ids[0]
+
+
+def load_workflow(name: str, object_info: dict) -> dict | None:
+    from tools.hostctl import ui_to_api
+
+    path = WORKFLOWS_DIR / name
+    if not path.is_file():
+        return None
+    return ui_to_api(json.loads(path.read_text()), object_info)
+
+
+def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path, scale: int = 3) -> None:
+    """One labelled row per (title, images); images are upscaled by `scale` (nearest) so 32 px digits are visible."""
+    from PIL import Image, ImageDraw
+
+    tiles = [[Image.fromarray(img if img.ndim == 3 else np.stack([img] * 3, -1)).convert("RGB") for img in images]
+             for _, images in rows]
+    cell = max(max(t.width, t.height) for row in tiles for t in row) * scale
+    label_h, pad = 14, 4
+    width = pad + max(len(row) for row in tiles) * (cell + pad)
+    height = sum(label_h + cell + pad for _ in rows) + pad
+    sheet = Image.new("RGB", (max(width, 320), height), "white")
+    draw = ImageDraw.Draw(sheet)
+    y = pad
+    for (title, _), row in zip(rows, tiles):
+        draw.text((pad, y), title, fill="black")
+        y += label_h
+        x = pad
+        for tile in row:
+            factor = cell / max(tile.width, tile.height)
+            tile = tile.resize((round(tile.width * factor), round(tile.height * factor)), Image.NEAREST)
+            sheet.paste(tile, (x, y))
+            x += cell + pad
+        y += cell + pad
+    sheet.save(path)
+
+
+def prepare_base(base: Path, models_dir: Path) -> None:
+    """Encoder exported into the base dir (once), demo models copied next to it."""
+    from semantica_core.encoders import export_encoder
+
+    semantica_dir = base / "models" / "semantica"
+    (semantica_dir / "encoders").mkdir(parents=True, exist_ok=True)
+    encoder_path = semantica_dir / "encoders" / ENCODER_FILE
+    if not encoder_path.is_file():
+        started = time.perf_counter()
+        export_encoder(ENCODER_NAME, str(encoder_path))
+        log(f"[demo] exported the real {ENCODER_NAME} encoder to {encoder_path} ({time.perf_counter() - started:.1f}s)")
+    for model in sorted(models_dir.glob("*.safetensors")):
+        if model.name == CLASSIFIER:
+            continue
+        target = semantica_dir / model.name
+        if not target.is_file() or not filecmp.cmp(model, target, shallow=False):
+            shutil.copyfile(model, target)
+
+
+def run_variations(client, object_info, model_name: str, digits: list[np.ndarray], count: int, steps: int,
+                   seed: int) -> list[list[np.ndarray]]:
+    """workflows/semantica_image_variations.json once per digit; returns count images per digit."""
+    out = []
+    for i, digit in enumerate(digits):
+        api = load_workflow("semantica_image_variations.json", object_info)
+        name = client.upload_image(np.stack([digit] * 3, -1), name=f"demo_digit_{i}.png")
+        set_inputs(api, "LoadImage", image=name)
+        set_inputs(api, "SemanticaEncoderLoader", encoder_name=ENCODER_FILE)
+        set_inputs(api, "SemanticaUNetLoader", model_name=model_name, weights="ema")
+        set_inputs(api, "SemanticaVariationSampler", seed=seed + i * count, count=count, steps=steps, width=0, height=0)
+        save_id = set_inputs(api, "SaveImage", filename_prefix=f"demo_{Path(model_name).stem}_{i}")
+        history = client.run(api, timeout=300)
+        out.append(client.get_images(history, save_id))
+    return out
+
+
+def run_sdedit(client, object_info, model_name: str, painting: np.ndarray, steps: int, seed: int) -> list[np.ndarray]:
+    api = load_workflow("sdedit_stroke_painting.json", object_info)
+    name = client.upload_image(np.stack([painting] * 3, -1), name="demo_stroke_painting.png")
+    set_inputs(api, "LoadImage", image=name)
+    h, w = painting.shape
+    set_inputs(api, "SemanticaImagePrep", width=w, height=h)
+    set_inputs(api, "SemanticaUNetLoader", model_name=model_name, weights="ema")
+    set_inputs(api, "SemanticaSDEdit", seed=seed, strength=0.6, steps=steps, repeats=1)
+    for preview in prompt_nodes(api, "PreviewImage"):
+        del api[preview]
+    save_id = set_inputs(api, "SaveImage", filename_prefix="demo_sdedit")
+    # Three seeds: the painting fixes the layout, the seed the details.
+    images = []
+    for k in range(3):
+        api[prompt_nodes(api, "SemanticaSDEdit")[0]]["inputs"]["seed"] = seed + k
+        images += client.get_images(client.run(api, timeout=300), save_id)
+    return images
+
+
+def run_single(client, object_info, models_dir: Path, quick: bool) -> tuple[list[tuple[str, list[np.ndarray]]], str]:
+    """The SinDiffusion workflows, when the workflow files, their nodes and the embedded model all exist."""
+    if not (models_dir / SINGLE_MODEL).is_file():
+        return [], f"no embedded SinDiffusion model ({models_dir / SINGLE_MODEL})"
+    files = sorted(p.name for p in WORKFLOWS_DIR.glob("*.json") if "sindiffusion" in p.name or "single" in p.name)
+    if not files:
+        return [], "no SinDiffusion workflow in workflows/"
+    rows = []
+    for name in files:
+        api = load_workflow(name, object_info)
+        missing = {node["class_type"] for node in api.values()} - set(object_info)
+        if missing:
+            return rows, f"{name} needs nodes the server lacks: {sorted(missing)}"
+        for nid, node in api.items():
+            inputs = node["inputs"]
+            if "model_name" in inputs:
+                inputs["model_name"] = SINGLE_MODEL
+            if quick and "steps" in inputs and isinstance(inputs["steps"], int):
+                inputs["steps"] = min(inputs["steps"], 10)
+        history = client.run(api, timeout=300)
+        rows.append((f"SinDiffusion: {name}", client.get_images(history)))
+    return rows, ""
+
+
+def variation_metrics(conditions: np.ndarray, labels: np.ndarray, results: dict, encoder, classifier) -> dict:
+    """The `semantica eval variations` metrics of the server's images: {"models": {name: metrics}}."""
+    import torch
+
+    from semantica_core.metrics import variations as vm
+    from training.eval_variations import encode
+
+    cond = torch.from_numpy(np.stack([conditions] * 3, 1)).float().div(255)
+    cond_embeds = encode(encoder, cond)
+    out = {"models": {}, "reference": {}}
+    for name, per_digit in results.items():
+        variations = torch.from_numpy(np.stack([np.stack(v) for v in per_digit])).float().div(255)
+        variations = variations[..., :3].permute(0, 1, 4, 2, 3)  # [N, K, 3, H, W]
+        n, k = variations.shape[:2]
+        flat = variations.reshape(n * k, *variations.shape[2:])
+        metrics = {"conditions": n, "per_condition": k}
+        if classifier is not None:
+            predicted = classifier.predict(flat).reshape(n, k)
+            metrics["consistency_classifier"] = float(vm.label_agreement(torch.from_numpy(labels), predicted))
+        features = encode(encoder, flat).pooled.reshape(n, k, -1)
+        metrics["consistency_encoder_cosine"] = float(vm.feature_consistency(cond_embeds.pooled, features))
+        metrics["unrelated_encoder_cosine"] = float(vm.baseline_similarity(cond_embeds.pooled))
+        metrics["diversity_l1"] = float(vm.variation_diversity(variations, "l1"))
+        metrics["distance_to_condition_l1"] = float(vm.distance_to_condition(cond, variations, "l1"))
+        out["models"][name] = metrics
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="out/demo", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="2 digits, fewer steps (the test's reduced demo)")
+    parser.add_argument("--digits", type=int, default=8, help="held-out digits to vary (one per class first)")
+    parser.add_argument("--count", type=int, default=4, help="variations per digit")
+    parser.add_argument("--steps", type=int, default=12, help="sampler steps (12 keeps the demo within 10 minutes on a shared 2-core CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default=str(MODELS_DIR), help="folder with the embedded demo models")
+    parser.add_argument("--base", default=None, help="ComfyUI base dir (default: $SEMANTICA_HOME/demo-base)")
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.digits, args.steps = min(args.digits, 2), min(args.steps, 8)
+
+    import torch
+
+    from tools.hostctl import ComfyServer, pack_node_ids, semantica_home
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models_dir = Path(args.models)
+    for required in (PAIRS_MODEL, RECONSTRUCT_MODEL):
+        if not (models_dir / required).is_file():
+            raise SystemExit(
+                f"demo: {models_dir / required} is missing; the demo models ship in models/demo/ "
+                "(rebuild them with `make demo-models`, see models/demo/README.md)"
+            )
+
+    data_module = load_demo_data_module()
+    data_dir = out / "data"
+    if not (data_dir / "heldout.jsonl").is_file():
+        data_module.write_dataset(str(data_dir))
+    held_images, held_labels = data_module.load_heldout(str(data_dir))
+    # One held-out digit per class first (the first of each class in the fixed split), then the next ones.
+    order = sorted(range(len(held_labels)), key=lambda i: (list(held_labels[:i + 1]).count(held_labels[i]), held_labels[i]))
+    chosen = order[: args.digits]
+    digits = [(held_images[i, 0] * 255).round().byte().numpy() for i in chosen]
+    labels = held_labels[chosen].numpy()
+    log(f"[demo] {len(held_labels)} held-out digits in {data_dir}; varying classes {labels.tolist()}")
+
+    base = Path(args.base) if args.base else semantica_home() / "demo-base"
+    prepare_base(base, models_dir)
+    server = ComfyServer(base, log_path=out / "comfyui.log", cpu=True, port=args.port)
+    server.start(timeout=180)
+    timings = {"setup_seconds": round(time.perf_counter() - started, 1)}
+    log(f"[demo] ComfyUI ready at {server.url} in {server.start_seconds:.1f}s (log {out / 'comfyui.log'})")
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    notes = []
+    try:
+        server.check_nodes(pack_node_ids())
+        client = server.client()
+        object_info = client.object_info()
+        results = {}
+        for model_name, title in ((PAIRS_MODEL, "pairs"), (RECONSTRUCT_MODEL, "reconstruct")):
+            t = time.perf_counter()
+            results[title] = run_variations(client, object_info, model_name, digits, args.count, args.steps, args.seed)
+            timings[f"variations_{title}_seconds"] = round(time.perf_counter() - t, 1)
+            log(f"[demo] variations of {len(digits)} held-out digits with {model_name}: "
+                f"{timings[f'variations_{title}_seconds']}s")
+        for i, digit in enumerate(digits):
+            rows.append((f"held-out {labels[i]} | pair model x{args.count} | reconstruct model x{args.count}",
+                         [digit] + results["pairs"][i] + results["reconstruct"][i]))
+
+        t = time.perf_counter()
+        # A 7 (simple strokes) when one is among the digits.
+        painting = stroke_painting(digits[list(labels).index(7)] if 7 in labels else digits[0])
+        edited = run_sdedit(client, object_info, PAIRS_MODEL, painting, args.steps, args.seed)
+        timings["sdedit_seconds"] = round(time.perf_counter() - t, 1)
+        rows.append(("stroke painting -> SDEdit (strength 0.6, 3 seeds)", [painting] + edited))
+        log(f"[demo] SDEdit of a stroke painting: {timings['sdedit_seconds']}s")
+
+        t = time.perf_counter()
+        single_rows, why_not = run_single(client, object_info, models_dir, args.quick)
+        rows += single_rows
+        if why_not:
+            notes.append(f"SinDiffusion skipped: {why_not}")
+            log(f"[demo] SinDiffusion skipped: {why_not}")
+        else:
+            timings["sindiffusion_seconds"] = round(time.perf_counter() - t, 1)
+    finally:
+        server.stop()
+
+    for r, (title, images) in enumerate(rows):
+        from PIL import Image
+
+        for c, image in enumerate(images):
+            Image.fromarray(image).save(out / f"row{r:02d}_{c:02d}.png")
+    contact_sheet(rows, out / "contact_sheet.png")
+
+    from semantica_core.encoders import load_encoder
+    from training.eval_variations import format_table, load_classifier
+
+    classifier = None
+    if (models_dir / CLASSIFIER).is_file():
+        classifier, classifier_info = load_classifier(str(models_dir / CLASSIFIER))
+    encoder = load_encoder(base / "models" / "semantica" / "encoders" / ENCODER_FILE)
+    metrics = variation_metrics(np.stack(digits), labels, results, encoder, classifier)
+    timings["total_seconds"] = round(time.perf_counter() - started, 1)
+    metrics.update(timings=timings, notes=notes, digits=labels.tolist(), steps=args.steps, count=args.count)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log("")
+    log(f"Variations of {len(digits)} held-out digits, {args.count} each, {args.steps} steps "
+        f"(pair-conditioned model vs the same network trained to reconstruct its condition):")
+    log(format_table(metrics, {"pairs": "pairs", "reconstruct": "reconstruct"}))
+    log("")
+    log(f"[demo] wrote {len(rows)} rows of images and {out / 'contact_sheet.png'}; metrics in {out / 'metrics.json'}")
+    log(f"[demo] done in {timings['total_seconds']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""`semantica train single IMAGE --out FILE.safetensors`: train a SinDiffusion model on one image.
+
+One process on the CPU or one GPU (bf16 autocast on CUDA). Every --save-every steps and at the end it writes the
+checkpoint (FILE.safetensors, loadable by the nodes and `semantica eval single`) and, next to it, the resume state
+(FILE.safetensors.train-state: raw and EMA weights, optimizer, step, random streams, the prepared image), both
+atomically. --resume continues from that state up to --max-steps; Ctrl-C saves both at the last finished step.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from semantica_core.single_image import PRESETS
+
+    parser.add_argument("image", metavar="IMAGE", help="the training image (png, jpg, webp)")
+    parser.add_argument("--out", required=True, help="output checkpoint FILE.safetensors (state file goes next to it)")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="sindiffusion (the paper's network, default) or sindiffusion_tiny (CPU, tests)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="total training steps (default: 50000 for sindiffusion, 4000 for sindiffusion_tiny)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="long side of the training image in px (default: 250, or 112 for the tiny preset)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 8")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-4)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the weights, scales and noise (default 0)")
+    parser.add_argument("--prediction", default=None, choices=["eps", "v", "x0"],
+                        help="network target (default: eps for sindiffusion as the paper, v for sindiffusion_tiny)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--resume", action="store_true", help="continue from FILE.safetensors.train-state")
+    parser.add_argument("--save-every", type=int, default=1000, help="write checkpoint and state every N steps")
+    parser.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too")
+
+
+def load_image(path) -> "torch.Tensor":
+    """An image file -> [1,3,H,W] float in [0, 1]; unreadable files raise ValueError naming the file."""
+    import numpy as np
+    import torch
+
+    from training.data.images import BadImage, decode_image
+
+    try:
+        img = decode_image(str(path), min_size=8)
+    except BadImage as e:
+        raise ValueError(f"cannot use {path} as a training image ({e}); use a png, jpg or webp (8+ px)") from None
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float().div(255.0)
+
+
+def run(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from semantica_core.single_image import (
+        PRESETS,
+        SingleImageTrainConfig,
+        init_train_state,
+        load_train_state,
+        prepare_training_image,
+        save_single_image_checkpoint,
+        save_train_state,
+        state_path_for,
+        train_single_image,
+    )
+
+    image_path, out = Path(args.image), Path(args.out)
+    if not image_path.is_file():
+        raise FileNotFoundError(f"training image not found: {image_path}")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors; got {out}")
+    state_path = state_path_for(out)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    image = load_image(image_path)
+    preset = args.preset or "sindiffusion"
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be at least 1; got {args.max_steps}")
+
+    if args.resume and state_path.is_file():
+        state = load_train_state(state_path, device)
+        prepared = prepare_training_image(image, state.config.max_side).to(device)
+        if prepared.shape != state.image.shape or not torch.allclose(prepared, state.image, atol=2e-2):
+            raise ValueError(
+                f"{state_path} was trained on another image than {image_path}; give the same image, or another --out "
+                "to start a new model"
+            )
+        c = state.config
+        given = {"--preset": (args.preset, c.preset), "--size": (args.size, c.max_side),
+                 "--prediction": (args.prediction, c.diffusion["prediction"]),
+                 "--batch-size": (args.batch_size, c.batch_size), "--lr": (args.lr, c.lr),
+                 "--seed": (args.seed, c.seed)}
+        ignored = [flag for flag, (new, old) in given.items() if new is not None and new != old]
+        if ignored:
+            print(f"resuming with the stored config; ignoring {', '.join(ignored)}", file=sys.stderr)
+        print(f"resuming {out} at step {state.step}")
+    else:
+        if state_path.is_file():
+            raise ValueError(
+                f"{state_path} exists: pass --resume to continue that run, or delete it to start over"
+            )
+        if args.resume:
+            print(f"no state file {state_path}; starting a new run", file=sys.stderr)
+        config = SingleImageTrainConfig.from_preset(
+            preset, prediction=args.prediction, max_side=args.size, batch_size=args.batch_size, lr=args.lr,
+            seed=args.seed, mixed_precision="no" if args.no_bf16 else None,
+        )
+        state = init_train_state(image, config, device)
+    max_steps = args.max_steps if args.max_steps is not None else PRESETS[state.config.preset]["steps"]
+    height, width = state.image.shape[-2:]
+    parameters = sum(p.numel() for p in state.network.parameters()) / 1e6
+    print(
+        f"{state.config.preset}: {image_path.name} "
+        f"{state.source_size[0]}x{state.source_size[1]} -> trained at {width}x{height}, "
+        f"receptive field {state.receptive_field()} px, {parameters:.2f}M "
+        f"parameters, {state.config.diffusion['prediction']} prediction, batch {state.config.batch_size}, {device}"
+    )
+
+    def save():
+        save_train_state(state_path, state)
+        save_single_image_checkpoint(out, state, source_image=str(image_path.resolve()))
+
+    bar = tqdm(total=max_steps, initial=state.step, desc="train single", unit="step", dynamic_ncols=True)
+    started, start_step = time.perf_counter(), state.step
+
+    interrupted = []
+
+    def progress(info):
+        bar.update(1)
+        if info["step"] % 10 == 0 or info["step"] == info["total"]:
+            bar.set_postfix(loss=f"{float(info['loss']):.4f}")
+        if args.save_every and info["step"] % args.save_every == 0 and info["step"] < info["total"]:
+            save()
+        if interrupted:
+            raise KeyboardInterrupt
+
+    # Ctrl-C stops at the end of the running step, so the saved state is a finished step.
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    except ValueError:  # not the main thread: Ctrl-C interrupts wherever it lands
+        previous = None
+    try:
+        train_single_image(None, steps=max_steps, callback=progress, state=state)
+    except KeyboardInterrupt:
+        bar.close()
+        save()
+        print(f"\ninterrupted: saved step {state.step} to {out}; continue with --resume", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    bar.close()
+    save()
+    done = state.step - start_step
+    seconds = time.perf_counter() - started
+    rate = f", {seconds / done * 1000:.0f} s per 1000 steps" if done else ""
+    print(f"wrote {out} (step {state.step}{rate}); resume state {state_path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="semantica train single", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"semantica: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
