@@ -11,6 +11,9 @@ COMMAND_MODULES = [
     "training.commands.encoder",
     "training.commands.init",
     "training.commands.checkpoint",
+    "training.commands.train",
+    "training.commands.single",
+    "training.commands.embed",
     "training.commands.eval_variations",
     "training.commands.bench",
 ]

@@ -19,6 +19,6 @@ def add_eval_variations(kinds) -> None:
 
 
 def register(subparsers) -> None:
-    from training.commands.single import _group_kinds
+    from training.commands import group_kinds
 
-    add_eval_variations(_group_kinds(subparsers, "eval", "evaluate models", "eval_kind"))
+    add_eval_variations(group_kinds(subparsers, "eval", "evaluate models", "eval_kind"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from training.commands import group_kinds
+
 
 def add_train_single(kinds) -> None:
     from training import train_single
@@ -30,18 +32,6 @@ def add_eval_single(kinds) -> None:
     parser.set_defaults(func=eval_single.run)
 
 
-def _group_kinds(subparsers, name: str, help_text: str, dest: str):
-    """The subparsers object of group `name`, creating the group when no other module registered it."""
-    group = subparsers.choices.get(name)
-    if group is None:
-        group = subparsers.add_parser(name, help=help_text)
-        return group.add_subparsers(dest=dest, required=True, metavar="KIND")
-    for action in group._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError(f"the '{name}' command has no sub-commands to add 'single' to")
-
-
 def register(subparsers) -> None:
-    add_train_single(_group_kinds(subparsers, "train", "train a model", "train_kind"))
-    add_eval_single(_group_kinds(subparsers, "eval", "evaluate models", "eval_kind"))
+    add_train_single(group_kinds(subparsers, "train", "train a model", "train_kind"))
+    add_eval_single(group_kinds(subparsers, "eval", "evaluate models", "eval_kind"))

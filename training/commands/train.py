@@ -8,23 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-
-def _train_kinds(subparsers):
-    """The `train` group's subparsers, creating the group unless another module registered it first."""
-    group = subparsers.choices.get("train")
-    if group is None:
-        group = subparsers.add_parser("train", help="train a model")
-        return group.add_subparsers(dest="train_kind", required=True, metavar="KIND")
-    for action in group._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return group.add_subparsers(dest="train_kind", required=True, metavar="KIND")
+from training.commands import group_kinds
 
 
 def register(subparsers) -> None:
     from training import train_pairs
 
-    pairs = _train_kinds(subparsers).add_parser(
+    pairs = group_kinds(subparsers, "train", "train a model", "train_kind").add_parser(
         "pairs",
         help="pair-conditioned model (Semantica) on pages of related images",
         description=train_pairs.__doc__.split("\n\n")[0],
