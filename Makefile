@@ -21,25 +21,31 @@ test: setup
 demo: setup
 	$(PYTHON) -m training.demo --out out/demo
 
-# Rebuilds models/demo/ (MNIST pair and reconstruct models, the digit classifier); about an hour on a 2-core CPU.
+# Rebuilds models/demo/ (MNIST pair and reconstruct models, the digit classifier, the SinDiffusion rocket); about
+# three hours on a 2-core CPU (see models/demo/README.md), minutes on a GPU.
 DEMO_WORK := out/demo-work
-DEMO_TRAIN := --data out/demo-data/train --cache $(DEMO_WORK)/cache --preset tiny --max-steps 400 --batch-size 32 \
-	--set data.flip=false --set data.pairs_per_page=8 --set data.holdout_pages=0 --set train.checkpoint_every=400 \
-	--set ema.decay=0.995 --sample-every 0 --set sample.num_conditions=4
+DEMO_TRAIN := --data out/demo-data/train --cache $(DEMO_WORK)/cache --config training/configs/demo-mnist.toml
+SINGLE_STEPS ?= 4000
 demo-models: setup
-	$(PYTHON) scripts/make_demo_data.py --out out/demo-data --classifier-out models/demo/mnist-classifier.safetensors
+	$(PYTHON) scripts/make_demo_data.py --out out/demo-data --photo-out $(DEMO_WORK)/rocket.png \
+		--classifier-out models/demo/mnist-classifier.safetensors
 	$(PYTHON) -m training.cli encoder export efficientnet-lite0 --out $(DEMO_WORK)/efficientnet-lite0.safetensors
 	$(PYTHON) -m training.cli embed --data out/demo-data/train --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
 		--output $(DEMO_WORK)/cache --num-workers 0 --batch-size 50
 	$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing pairs --output-dir $(DEMO_WORK)/train-pairs
 	$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing reconstruct --output-dir $(DEMO_WORK)/train-reconstruct
+	$(PYTHON) -m training.cli train single $(DEMO_WORK)/rocket.png --out $(DEMO_WORK)/sindiffusion-rocket.safetensors \
+		--preset sindiffusion_tiny --max-steps $(SINGLE_STEPS) --save-every 250
 	$(PYTHON) scripts/make_demo_data.py \
 		--slim $(DEMO_WORK)/train-pairs/model.safetensors models/demo/mnist-pairs.safetensors \
-		--slim $(DEMO_WORK)/train-reconstruct/model.safetensors models/demo/mnist-reconstruct.safetensors
+		--slim $(DEMO_WORK)/train-reconstruct/model.safetensors models/demo/mnist-reconstruct.safetensors \
+		--slim $(DEMO_WORK)/sindiffusion-rocket.safetensors models/demo/sindiffusion-rocket.safetensors
 	$(PYTHON) -m training.cli eval variations --model models/demo/mnist-pairs.safetensors \
 		--model models/demo/mnist-reconstruct.safetensors --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
 		--data out/demo-data/heldout.jsonl --classifier models/demo/mnist-classifier.safetensors \
 		--json $(DEMO_WORK)/eval.json
+	$(PYTHON) -m training.cli eval single models/demo/sindiffusion-rocket.safetensors \
+		--images $(DEMO_WORK)/rocket.png --json $(DEMO_WORK)/eval-single.json
 
 comfyui: setup
 	@$(PYTHON) scripts/run_comfyui.py --comfyui $(COMFY) --base $(COMFY_BASE) --port $(PORT)

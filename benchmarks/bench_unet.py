@@ -1,7 +1,7 @@
 """Training throughput of PairConditionedUNet against diffusers' UNet2DConditionModel of the same size.
 
-Both networks get the same batch, resolution and token sequence; one step is forward + backward of a mean-square
-loss. Warm-up and timed steps alternate between the two models so that clock and thermal drift hit both alike.
+Both networks get the same batch, resolution and token sequence and run in the same training loop: one step is
+forward, backward of a mean-square loss, gradient clipping and an AdamW update, as in `semantica train pairs`. Warm-up and timed steps alternate between the two models so that clock and thermal drift hit both alike.
 
     python benchmarks/bench_unet.py --device cpu --preset tiny --batch 8
     python benchmarks/bench_unet.py --device cuda --dtype bf16 --compile --preset base64 --batch 64
@@ -102,12 +102,15 @@ def main() -> None:
         "diffusers": lambda m: m(x, c_noise, encoder_hidden_states=tokens, class_labels=pooled).sample,
     }
     runners = {name: torch.compile(m) if args.compile else m for name, m in models.items()}
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
 
     def step(name: str, eager: bool = False) -> None:
-        models[name].zero_grad(set_to_none=True)
+        optimizers[name].zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
             out = calls[name](models[name] if eager else runners[name])
         out.float().square().mean().backward()
+        torch.nn.utils.clip_grad_norm_(models[name].parameters(), 1.0)
+        optimizers[name].step()
 
     def timed(name: str) -> float:
         if device.type == "cuda":

@@ -226,8 +226,8 @@ class SinDiffusionTextGuided(io.ComfyNode):
             inputs=[
                 ModelSocket.Input("model"),
                 io.Combo.Input("clip_name", options=_clip_file_list(),
-                               tooltip="open_clip checkpoint in models/open_clip (e.g. ViT-B-32 openai)"),
-                io.String.Input("clip_arch", default="ViT-B-32",
+                               tooltip="open_clip checkpoint in models/open_clip (e.g. OpenAI ViT-B-32)"),
+                io.String.Input("clip_arch", default="ViT-B-32-quickgelu",
                                 tooltip="the open_clip architecture of that file (open_clip.list_models() names)"),
                 io.String.Input("prompt", default="", multiline=True),
                 io.Float.Input("scale", default=0.05, min=0.0, max=1.0, step=0.005, round=0.001,

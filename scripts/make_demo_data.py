@@ -11,10 +11,14 @@ Layout under --out:
   train.jsonl                 {"page": "<class>", "path": "train/<class>/<index>.png", "label": <class>} per digit
   README.md                   where it came from and how it was split
 
+With --photo-out FILE it also writes the photo of the embedded SinDiffusion model: scikit-image's rocket (NASA, public
+domain), 640x427 PNG.
+
 With --classifier-out FILE it also trains the small digit classifier of `semantica eval variations` on the
 training split (about a minute on a CPU) and records its held-out accuracy in the file's metadata.
 
 Usage: python scripts/make_demo_data.py --out out/demo-data [--heldout 500] [--seed 0] [--classifier-out FILE]
+                                      [--photo-out FILE]
        python scripts/make_demo_data.py --slim TRAINED.safetensors models/demo/NAME.safetensors
 """
 from __future__ import annotations
@@ -39,6 +43,13 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     digits = features.reshape(-1, 28, 28).astype(np.uint8)
     digits = np.pad(digits, ((0, 0), (PAD, PAD), (PAD, PAD)))
     return digits, labels.astype(np.int64)
+
+
+def demo_photo() -> np.ndarray:
+    """The photo the embedded SinDiffusion model learnt: scikit-image's rocket (NASA, public domain), uint8 RGB."""
+    import skimage.data
+
+    return skimage.data.rocket()
 
 
 def heldout_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -111,7 +122,7 @@ def load_train(root: str) -> tuple["torch.Tensor", "torch.Tensor"]:
     return torch.from_numpy(np.stack(images)).float().div(255).unsqueeze(1), torch.tensor(labels)
 
 
-def make_classifier(data: str, out: str, steps: int = 800, seed: int = 0) -> dict:
+def make_classifier(data: str, out: str, steps: int = 2000, seed: int = 0) -> dict:
     """Train training.eval_variations.DigitClassifier on the training split and save it with its held-out accuracy."""
     import time
 
@@ -158,7 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout", type=int, default=500, help="held-out digits (a multiple of 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-out", help="also train the digit classifier and save it here (.safetensors)")
-    parser.add_argument("--classifier-steps", type=int, default=800)
+    parser.add_argument("--classifier-steps", type=int, default=2000)
+    parser.add_argument("--photo-out", help="also write the SinDiffusion demo photo here (.png)")
     parser.add_argument("--slim", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
                         help="only copy checkpoint SRC to DST with float16 weights (repeatable); writes no data")
     args = parser.parse_args(argv)
@@ -168,6 +180,12 @@ def main(argv=None) -> int:
         return 0
     summary = write_dataset(args.out, args.heldout, args.seed)
     print(f"wrote {summary['train']} training digits (10 pages) and {summary['heldout']} held-out digits to {args.out}")
+    if args.photo_out:
+        from PIL import Image
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.photo_out)), exist_ok=True)
+        Image.fromarray(demo_photo()).save(args.photo_out)
+        print(f"wrote {args.photo_out}: scikit-image's rocket (NASA, public domain)")
     if args.classifier_out:
         info = make_classifier(args.out, args.classifier_out, args.classifier_steps, args.seed)
         print(f"wrote {args.classifier_out}: held-out accuracy {info['heldout_accuracy']:.4f} "

@@ -47,3 +47,25 @@ def test_quick_demo_writes_images_sheet_and_metrics(tmp_path):
             assert key in metrics["models"][model]
         assert metrics["models"][model]["diversity_l1"] > 0
     assert "consistency: classifier" in done.stdout
+    if (DEMO_MODELS / "sindiffusion-rocket.safetensors").is_file():
+        _check_sindiffusion_rows(out, first_row=3)
+    else:
+        assert "SinDiffusion skipped" in done.stdout
+
+
+def _check_sindiffusion_rows(out: Path, first_row: int):
+    """Rows after the digits and the SDEdit: the training picture, 3 samples twice as wide, an outpaint that keeps
+    the picture pixel for pixel in its middle."""
+    import numpy as np
+    from PIL import Image
+
+    def row(r):
+        return [np.asarray(Image.open(p)) for p in sorted(out.glob(f"row{r:02d}_*.png"))]
+
+    (picture,), wide, (outpainted,) = row(first_row), row(first_row + 1), row(first_row + 2)
+    height, width = picture.shape[:2]
+    assert [im.shape for im in wide] == [(height, 2 * width, 3)] * 3
+    assert not np.array_equal(wide[0], wide[1])
+    margin = width // 2
+    assert outpainted.shape == (height, width + 2 * margin, 3)
+    assert np.array_equal(outpainted[:, margin:margin + width], picture)

@@ -431,6 +431,41 @@ def test_shipped_workflow_runs(path, comfy, files, inputs):
         _check_masked_workflow(api, history, comfy, inputs["semantica_masked_photo.png"])
 
 
+def test_a_checkpoint_trained_by_the_cli_runs_the_variation_workflow(comfy, files, inputs, tmp_path_factory):
+    """`semantica train pairs --preset tiny` on pages of real photos; its export goes through the shipped workflow."""
+    import subprocess
+    import sys
+
+    from training.data.example_pages import write_example_pages
+
+    root = tmp_path_factory.mktemp("cli-trained")
+    write_example_pages(str(root / "pages"), num_pages=6, size=64)
+    encoder = files.ensure("semantica_encoders", "efficientnet-lite0.safetensors")  # the workflow's encoder name
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "training.cli", "train", "pairs", "--data", str(root / "pages"),
+               "--encoder", str(encoder), "--preset", "tiny", "--max-steps", "6", "--batch-size", "4",
+               "--output-dir", str(root / "run")]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model_name = "cli-trained-tiny.safetensors"
+    (files.path("semantica", model_name)).write_bytes((root / "run" / "model.safetensors").read_bytes())
+
+    workflow = json.loads((REPO_ROOT / "workflows" / "semantica_image_variations.json").read_text())
+    api = ui_to_api(workflow, comfy.object_info(refresh=True))
+    for node in api.values():
+        values = node["inputs"]
+        values.update({k: v for k, v in WORKFLOW_OVERRIDES.get(node["class_type"], {}).items() if k in values})
+        if node["class_type"] == "SemanticaUNetLoader":
+            values["model_name"] = model_name
+    history = comfy.run(api, timeout=600)
+    assert history["status"]["status_str"] == "success", execution_error(history)
+    (save_id,) = [nid for nid, node in api.items() if node["class_type"] == "SaveImage"]
+    images = comfy.get_images(history, node_id=save_id)
+    count, (height, width) = _expected_images(api, save_id)
+    assert [im.shape for im in images] == [(height, width, 3)] * count
+    assert all(im.std() > 0 for im in images)
+
+
 def _check_masked_workflow(api, history, comfy, rgba):
     import torch.nn.functional as F
 

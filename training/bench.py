@@ -1,6 +1,6 @@
 """`semantica bench`: the pack's performance claims, measured side by side in one run, printed as one table.
 
-  unet       training throughput (forward + backward) of PairConditionedUNet against diffusers'
+  unet       training throughput (forward, backward, AdamW step) of PairConditionedUNet against diffusers'
              UNet2DConditionModel of matched size: benchmarks/bench_unet.py, run as it is; and sampling throughput
              (forward only, no grad) of the same two networks, built with bench_unet.diffusers_twin.
   node       time per variation through the ComfyUI node on a real server against a direct semantica_core call:

@@ -9,8 +9,8 @@ What it does (several minutes on a busy 2-core CPU after `make setup`; --quick f
      - workflows/semantica_image_variations.json on held-out digits, with the pair-conditioned model and with its
        twin trained to reconstruct its condition (the paper's baseline), same seeds;
      - workflows/sdedit_stroke_painting.json on a coarse stroke painting made from a held-out digit;
-     - the SinDiffusion workflows (a sample at a new size, an outpaint) when the workflow, its nodes and the
-       embedded model exist (otherwise it says which is missing and goes on);
+     - workflows/sindiffusion_new_aspect_ratio.json and sindiffusion_outpainting.json with the embedded SinDiffusion
+       model of scikit-image's rocket in place of their training node (a sample twice as wide, an outpaint);
   4. writes every image and a contact sheet (OUT/contact_sheet.png) and prints the metrics of
      `semantica eval variations` for the two models side by side (OUT/metrics.json).
 """
@@ -37,7 +37,7 @@ WORKFLOWS_DIR = REPO_ROOT / "workflows"
 PAIRS_MODEL = "mnist-pairs.safetensors"
 RECONSTRUCT_MODEL = "mnist-reconstruct.safetensors"
 CLASSIFIER = "mnist-classifier.safetensors"
-SINGLE_MODEL = "sindiffusion-photo.safetensors"
+SINGLE_MODEL = "sindiffusion-rocket.safetensors"
 ENCODER_NAME = "efficientnet-lite0"
 ENCODER_FILE = "efficientnet-lite0.safetensors"
 
@@ -84,16 +84,22 @@ def load_workflow(name: str, object_info: dict) -> dict | None:
     return ui_to_api(json.loads(path.read_text()), object_info)
 
 
-def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path, scale: int = 3) -> None:
-    """One labelled row per (title, images); images are upscaled by `scale` (nearest) so 32 px digits are visible."""
+def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path, target: int = 128) -> None:
+    """One labelled row per (title, images). Each image is enlarged by a whole factor (nearest, so pixels stay
+    visible) that brings its short side near `target` px: 32 px digits and 75 px photos end up alike in size."""
     from PIL import Image, ImageDraw
 
-    tiles = [[Image.fromarray(img if img.ndim == 3 else np.stack([img] * 3, -1)).convert("RGB") for img in images]
-             for _, images in rows]
-    cell = max(max(t.width, t.height) for row in tiles for t in row) * scale
+    tiles = []
+    for _, images in rows:
+        row = []
+        for image in images:
+            tile = Image.fromarray(image if image.ndim == 3 else np.stack([image] * 3, -1)).convert("RGB")
+            factor = max(1, round(target / min(tile.size)))
+            row.append(tile.resize((tile.width * factor, tile.height * factor), Image.NEAREST))
+        tiles.append(row)
     label_h, pad = 14, 4
-    width = pad + max(len(row) for row in tiles) * (cell + pad)
-    height = sum(label_h + cell + pad for _ in rows) + pad
+    width = max(pad + sum(t.width + pad for t in row) for row in tiles)
+    height = pad + sum(label_h + max(t.height for t in row) + pad for row in tiles)
     sheet = Image.new("RGB", (max(width, 320), height), "white")
     draw = ImageDraw.Draw(sheet)
     y = pad
@@ -102,11 +108,9 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path, scale: i
         y += label_h
         x = pad
         for tile in row:
-            factor = cell / max(tile.width, tile.height)
-            tile = tile.resize((round(tile.width * factor), round(tile.height * factor)), Image.NEAREST)
             sheet.paste(tile, (x, y))
-            x += cell + pad
-        y += cell + pad
+            x += tile.width + pad
+        y += max(t.height for t in row) + pad
     sheet.save(path)
 
 
@@ -165,27 +169,60 @@ def run_sdedit(client, object_info, model_name: str, painting: np.ndarray, steps
     return images
 
 
-def run_single(client, object_info, models_dir: Path, quick: bool) -> tuple[list[tuple[str, list[np.ndarray]]], str]:
-    """The SinDiffusion workflows, when the workflow files, their nodes and the embedded model all exist."""
-    if not (models_dir / SINGLE_MODEL).is_file():
-        return [], f"no embedded SinDiffusion model ({models_dir / SINGLE_MODEL})"
-    files = sorted(p.name for p in WORKFLOWS_DIR.glob("*.json") if "sindiffusion" in p.name or "single" in p.name)
-    if not files:
-        return [], "no SinDiffusion workflow in workflows/"
-    rows = []
-    for name in files:
-        api = load_workflow(name, object_info)
-        missing = {node["class_type"] for node in api.values()} - set(object_info)
-        if missing:
-            return rows, f"{name} needs nodes the server lacks: {sorted(missing)}"
-        for nid, node in api.items():
-            inputs = node["inputs"]
-            if "model_name" in inputs:
-                inputs["model_name"] = SINGLE_MODEL
-            if quick and "steps" in inputs and isinstance(inputs["steps"], int):
-                inputs["steps"] = min(inputs["steps"], 10)
-        history = client.run(api, timeout=300)
-        rows.append((f"SinDiffusion: {name}", client.get_images(history)))
+def training_picture(model_path: Path) -> np.ndarray:
+    """The demo photo at the size and scale the SinDiffusion model was trained on (outpainting keeps that scale)."""
+    import torch
+
+    from semantica_core.checkpoint import load_checkpoint
+    from semantica_core.single_image import prepare_training_image, training_size
+
+    max_side = max(training_size(load_checkpoint(model_path)))
+    photo = torch.from_numpy(load_demo_data_module().demo_photo().copy()).permute(2, 0, 1).float().div(255)
+    prepared = prepare_training_image(photo, max_side)[0].add(1).mul(127.5).round().clamp(0, 255)
+    return prepared.byte().permute(1, 2, 0).numpy()
+
+
+def use_embedded_model(api: dict, model_name: str, load_image_id: str) -> None:
+    """Swaps the workflow's SinDiffusionTrain node for a loader of the embedded model, in place: its model output
+    (0) becomes the loader's; its training-image output (1) becomes the LoadImage's (given the training picture)."""
+    (train_id,) = prompt_nodes(api, "SinDiffusionTrain")
+    api[train_id] = {"class_type": "SemanticaUNetLoader", "inputs": {"model_name": model_name, "weights": "ema"}}
+    for node in api.values():
+        for key, value in node["inputs"].items():
+            if value == [train_id, 1]:
+                node["inputs"][key] = [load_image_id, 0]
+
+
+SINGLE_WORKFLOWS = (  # workflow, title, node -> inputs (sizes relative to the training picture's width)
+    ("sindiffusion_new_aspect_ratio.json", "SinDiffusion: a new size, twice as wide (dpmpp_2m, 50 steps)",
+     {"SinDiffusionSample": lambda w: dict(width=2 * w, height=0, count=3, steps=50, sampler="dpmpp_2m")}),
+    ("sindiffusion_outpainting.json", "SinDiffusion: outpainting, the photo kept in the middle (ddpm, 100 steps)",
+     {"SinDiffusionOutpaint": lambda w: dict(left=w // 2, right=w // 2, top=0, bottom=0, steps=100,
+                                             sampler="ddpm")}),
+)
+
+
+def run_single(client, object_info, models_dir: Path, seed: int, quick: bool):
+    """A SinDiffusion sample at a new size and an outpaint of the embedded model's photo, through the shipped
+    workflows. Returns (rows, why not) with rows [(title, images)]; the first row is the training picture."""
+    model_path = models_dir / SINGLE_MODEL
+    if not model_path.is_file():
+        return [], f"no embedded SinDiffusion model ({model_path})"
+    picture = training_picture(model_path)
+    name = client.upload_image(picture, name="demo_sindiffusion_photo.png")
+    height, width = picture.shape[:2]
+    rows = [(f"SinDiffusion training picture ({width}x{height}, scikit-image rocket)", [picture])]
+    for workflow, title, settings in SINGLE_WORKFLOWS:
+        api = load_workflow(workflow, object_info)
+        load_id = set_inputs(api, "LoadImage", image=name)
+        use_embedded_model(api, SINGLE_MODEL, load_id)
+        for class_type, values in settings.items():
+            values = values(width)
+            if quick:
+                values["steps"] = min(values["steps"], 10)
+            set_inputs(api, class_type, seed=seed, **values)
+        save_id = set_inputs(api, "SaveImage", filename_prefix=f"demo_{Path(workflow).stem}")
+        rows.append((title, client.get_images(client.run(api, timeout=300), save_id)))
     return rows, ""
 
 
@@ -292,7 +329,7 @@ def main(argv=None) -> int:
         log(f"[demo] SDEdit of a stroke painting: {timings['sdedit_seconds']}s")
 
         t = time.perf_counter()
-        single_rows, why_not = run_single(client, object_info, models_dir, args.quick)
+        single_rows, why_not = run_single(client, object_info, models_dir, args.seed, args.quick)
         rows += single_rows
         if why_not:
             notes.append(f"SinDiffusion skipped: {why_not}")

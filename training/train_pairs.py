@@ -96,7 +96,8 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     output_dir: str = "out/train-pairs"
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    # auto = what `accelerate launch --mixed_precision` or its config file says (no when run without it)
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     cpu: bool = False  # train on the CPU even where an accelerator is present (several CPU processes use gloo)
     compile: bool = False  # torch.compile the network
     gradient_checkpointing: bool = False
@@ -313,7 +314,8 @@ def validate_config(c: PairTrainingConfig) -> None:
     need(c.model.encoder or c.data.cache, "no encoder: give --encoder FILE (from `semantica encoder export`) or --cache DIR")
     need(c.train.max_steps >= 1 and c.train.batch_size >= 1 and c.train.grad_accum >= 1,
          "train.max_steps, train.batch_size and train.grad_accum must be at least 1")
-    need(c.train.mixed_precision in ("no", "bf16", "fp16"), f"train.mixed_precision must be no, bf16 or fp16")
+    need(c.train.mixed_precision in ("auto", "no", "bf16", "fp16"),
+         f"train.mixed_precision must be auto, no, bf16 or fp16; got '{c.train.mixed_precision}'")
     need(c.optim.schedule in ("constant", "cosine"), f"optim.schedule must be constant or cosine")
     need(0.0 <= c.ema.decay < 1.0, "ema.decay must be in [0, 1)")
     need(c.data.pairs_per_page >= 1 and c.data.num_workers >= 0 and c.data.holdout_pages >= 0,
@@ -550,10 +552,11 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     out = c.train.output_dir
     accelerator = Accelerator(
         cpu=c.train.cpu or not _has_accelerator(),  # without it accelerate never starts CPU process groups
-        mixed_precision=c.train.mixed_precision,
+        mixed_precision=None if c.train.mixed_precision == "auto" else c.train.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    precision = accelerator.mixed_precision  # "no", "bf16" or "fp16", once accelerate has resolved "auto"
     is_main = accelerator.is_main_process
     device = accelerator.device
     if is_main:
@@ -575,8 +578,8 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     encoder = None
     if c.model.encoder:
         enc_dtype = None
-        if device.type == "cuda" and c.train.mixed_precision != "no":
-            enc_dtype = torch.bfloat16 if c.train.mixed_precision == "bf16" else torch.float16
+        if device.type == "cuda" and precision != "no":
+            enc_dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         encoder = load_encoder(c.model.encoder, device=device, dtype=enc_dtype)
     enc_info = encoder_info(encoder) if encoder is not None else {k: cache.info[k] for k in ("encoder_id", "token_dim", "pooled_dim", "num_tokens")}
     if cache is not None:
@@ -673,7 +676,7 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     log(
         f"[train] {num_params / 1e6:.2f}M parameters, preset {c.model.preset}, {net_cfg.resolution}px, "
         f"{world} process(es) on {device.type}, batch {c.train.batch_size} x {c.train.grad_accum} accumulation x "
-        f"{world} = {c.train.batch_size * c.train.grad_accum * world}, mixed precision {c.train.mixed_precision}"
+        f"{world} = {c.train.batch_size * c.train.grad_accum * world}, mixed precision {precision}"
     )
     log(
         f"[data] {source.description}: {source.num_units} unit(s); pairing {c.data.pairing}; condition from "
@@ -923,7 +926,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--output-dir")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"],
+                        help="default auto: accelerate launch's --mixed_precision or config file, else no")
     parser.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even with a GPU present")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     parser.add_argument("--gradient-checkpointing", action="store_true", default=None)

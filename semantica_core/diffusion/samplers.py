@@ -38,19 +38,13 @@ def sample_ddpm(model: Model, x, sigmas, noise: BatchNoise | None = None, callba
     other sigmas it is the posterior between those levels, which in the sigma form is
     mean = x0 + (s'/s)^2 (x - x0), variance = s'^2 (1 - (s'/s)^2).
     """
-    levels = _levels(sigmas)
-    _require_noise(noise, levels, "ddpm")
-    total = len(levels) - 1
-    for i in range(total):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        denoised = _denoise(model, x, sigma)
-        _report(callback, i, total, x, sigma, denoised)
-        if sigma_next == 0:
-            x = denoised
-            continue
+    _require_noise(noise, sigmas, "ddpm")
+
+    def step(x, denoised, sigma, sigma_next):
         ratio = (sigma_next / sigma) ** 2
-        x = denoised + ratio * (x - denoised) + sigma_next * math.sqrt(1.0 - ratio) * noise.randn_like(x)
-    return x
+        return denoised + ratio * (x - denoised) + sigma_next * math.sqrt(1.0 - ratio) * noise.randn_like(x)
+
+    return _run(model, x, sigmas, callback, step)
 
 
 @torch.no_grad()
@@ -62,36 +56,26 @@ def sample_ddim(
     eta = 0 is deterministic (the probability-flow ODE's exponential-integrator step, equal to Euler in this form);
     eta = 1 is the DDPM posterior.
     """
-    levels = _levels(sigmas)
     if eta > 0:
-        _require_noise(noise, levels, "ddim with eta > 0")
-    total = len(levels) - 1
-    for i in range(total):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        denoised = _denoise(model, x, sigma)
-        _report(callback, i, total, x, sigma, denoised)
-        if sigma_next == 0:
-            x = denoised
-            continue
+        _require_noise(noise, sigmas, "ddim with eta > 0")
+
+    def step(x, denoised, sigma, sigma_next):
         eps = (x - denoised) / sigma
-        sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(1.0 - (sigma_next / sigma) ** 2))
+        sigma_up = _sigma_up(sigma, sigma_next, eta)
         x = denoised + math.sqrt(sigma_next**2 - sigma_up**2) * eps
-        if sigma_up > 0:
-            x = x + sigma_up * noise.randn_like(x)
-    return x
+        return x + sigma_up * noise.randn_like(x) if sigma_up > 0 else x
+
+    return _run(model, x, sigmas, callback, step)
 
 
 @torch.no_grad()
 def sample_euler(model: Model, x, sigmas, noise: BatchNoise | None = None, callback: Callback = None) -> torch.Tensor:
     """Euler steps of the probability-flow ODE dx/dsigma = (x - x0) / sigma. Deterministic; `noise` is unused."""
-    levels = _levels(sigmas)
-    total = len(levels) - 1
-    for i in range(total):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        denoised = _denoise(model, x, sigma)
-        _report(callback, i, total, x, sigma, denoised)
-        x = x + (x - denoised) / sigma * (sigma_next - sigma)
-    return x
+
+    def step(x, denoised, sigma, sigma_next):
+        return x + (x - denoised) / sigma * (sigma_next - sigma)
+
+    return _run(model, x, sigmas, callback, step)
 
 
 @torch.no_grad()
@@ -99,39 +83,30 @@ def sample_euler_ancestral(
     model: Model, x, sigmas, noise: BatchNoise | None = None, callback: Callback = None, eta: float = 1.0
 ) -> torch.Tensor:
     """Euler step down to sigma_down, then fresh noise of std sigma_up, with sigma_down^2 + sigma_up^2 = s'^2."""
-    levels = _levels(sigmas)
     if eta > 0:
-        _require_noise(noise, levels, "euler_ancestral with eta > 0")
-    total = len(levels) - 1
-    for i in range(total):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        denoised = _denoise(model, x, sigma)
-        _report(callback, i, total, x, sigma, denoised)
-        sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(1.0 - (sigma_next / sigma) ** 2))
+        _require_noise(noise, sigmas, "euler_ancestral with eta > 0")
+
+    def step(x, denoised, sigma, sigma_next):
+        sigma_up = _sigma_up(sigma, sigma_next, eta)
         sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
         x = x + (x - denoised) / sigma * (sigma_down - sigma)
-        if sigma_up > 0:
-            x = x + sigma_up * noise.randn_like(x)
-    return x
+        return x + sigma_up * noise.randn_like(x) if sigma_up > 0 else x
+
+    return _run(model, x, sigmas, callback, step)
 
 
 @torch.no_grad()
 def sample_heun(model: Model, x, sigmas, noise: BatchNoise | None = None, callback: Callback = None) -> torch.Tensor:
-    """Heun's second-order ODE steps (EDM, Algorithm 1 without churn): 2 model calls a step, 1 for the last to 0."""
-    levels = _levels(sigmas)
-    total = len(levels) - 1
-    for i in range(total):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        denoised = _denoise(model, x, sigma)
-        _report(callback, i, total, x, sigma, denoised)
+    """Heun's second-order ODE steps (EDM, Algorithm 1 without churn): 2 model calls a step, 1 for the last to 0
+    (where the trapezoid would divide by zero and Euler lands on x0)."""
+
+    def step(x, denoised, sigma, sigma_next):
         slope = (x - denoised) / sigma
         x_euler = x + slope * (sigma_next - sigma)
-        if sigma_next == 0:  # the trapezoid would divide by zero; Euler lands on x0
-            x = x_euler
-            continue
         slope_next = (x_euler - _denoise(model, x_euler, sigma_next)) / sigma_next
-        x = x + 0.5 * (slope + slope_next) * (sigma_next - sigma)
-    return x
+        return x + 0.5 * (slope + slope_next) * (sigma_next - sigma)
+
+    return _run(model, x, sigmas, callback, step)
 
 
 @torch.no_grad()
@@ -139,27 +114,22 @@ def sample_dpmpp_2m(
     model: Model, x, sigmas, noise: BatchNoise | None = None, callback: Callback = None
 ) -> torch.Tensor:
     """DPM-Solver++(2M): second-order multistep in lambda = -log sigma, reusing the previous x0 (1 call a step)."""
-    levels = _levels(sigmas)
-    total = len(levels) - 1
     previous = None  # (denoised, step size h) of the last step
-    for i in range(total):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        denoised = _denoise(model, x, sigma)
-        _report(callback, i, total, x, sigma, denoised)
-        if sigma_next == 0:
-            x = denoised
-            continue
+
+    def step(x, denoised, sigma, sigma_next):
+        nonlocal previous
         h = math.log(sigma / sigma_next)
         if h == 0:  # a repeated level: nothing to integrate
-            continue
+            return x
         estimate = denoised
         if previous is not None:
             old_denoised, h_last = previous
             r = h_last / h
             estimate = (1.0 + 1.0 / (2.0 * r)) * denoised - (1.0 / (2.0 * r)) * old_denoised
-        x = (sigma_next / sigma) * x - math.expm1(-h) * estimate
         previous = (denoised, h)
-    return x
+        return (sigma_next / sigma) * x - math.expm1(-h) * estimate
+
+    return _run(model, x, sigmas, callback, step)
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -199,6 +169,24 @@ def _levels(sigmas) -> list[float]:
     return levels
 
 
+def _run(model: Model, x, sigmas, callback: Callback, step) -> torch.Tensor:
+    """The loop all samplers share: at each level denoise, report, then x = step(x, denoised, sigma, sigma_next).
+    Every sampler's step to sigma 0 lands on the denoised estimate, so that step is taken here."""
+    levels = _levels(sigmas)
+    total = len(levels) - 1
+    for i in range(total):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        denoised = _denoise(model, x, sigma)
+        _report(callback, i, total, x, sigma, denoised)
+        x = denoised if sigma_next == 0 else step(x, denoised, sigma, sigma_next)
+    return x
+
+
+def _sigma_up(sigma: float, sigma_next: float, eta: float) -> float:
+    """The std of the fresh noise of an ancestral step (0 for eta = 0; the DDPM posterior's for eta = 1)."""
+    return min(sigma_next, eta * sigma_next * math.sqrt(1.0 - (sigma_next / sigma) ** 2))
+
+
 def _denoise(model: Model, x: torch.Tensor, sigma: float) -> torch.Tensor:
     return model(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32))
 
@@ -208,6 +196,6 @@ def _report(callback: Callback, i: int, total: int, x, sigma: float, denoised):
         callback({"i": i, "total": total, "x": x, "sigma": sigma, "denoised": denoised})
 
 
-def _require_noise(noise, levels: list[float], what: str):
-    if noise is None and any(s > 0 for s in levels[1:]):
+def _require_noise(noise, sigmas, what: str):
+    if noise is None and any(s > 0 for s in _levels(sigmas)[1:]):
         raise ValueError(f"{what} is stochastic and draws only from `noise`: pass noise=BatchNoise(seeds, device)")
