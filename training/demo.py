@@ -143,7 +143,10 @@ def run_variations(client, object_info, model_name: str, digits: list[np.ndarray
         set_inputs(api, "LoadImage", image=name)
         set_inputs(api, "SemanticaEncoderLoader", encoder_name=ENCODER_FILE)
         set_inputs(api, "SemanticaUNetLoader", model_name=model_name, weights="ema")
-        set_inputs(api, "SemanticaVariationSampler", seed=seed + i * count, count=count, steps=steps, width=0, height=0)
+        # Ancestral sampling: on these small models it keeps the digit's class more often than dpmpp_2m
+        # (0.74 against 0.64 at 2,000 training steps, `semantica eval variations`).
+        set_inputs(api, "SemanticaVariationSampler", seed=seed + i * count, count=count, steps=steps, width=0, height=0,
+                   sampler="euler_ancestral", spacing="karras")
         save_id = set_inputs(api, "SaveImage", filename_prefix=f"demo_{Path(model_name).stem}_{i}")
         history = client.run(api, timeout=300)
         out.append(client.get_images(history, save_id))
@@ -194,9 +197,9 @@ def use_embedded_model(api: dict, model_name: str, load_image_id: str) -> None:
 
 
 SINGLE_WORKFLOWS = (  # workflow, title, node -> inputs (sizes relative to the training picture's width)
-    ("sindiffusion_new_aspect_ratio.json", "SinDiffusion: a new size, twice as wide (dpmpp_2m, 50 steps)",
+    ("sindiffusion_new_aspect_ratio.json", "SinDiffusion: a new size, twice as wide ({sampler}, {steps} steps)",
      {"SinDiffusionSample": lambda w: dict(width=2 * w, height=0, count=3, steps=50, sampler="dpmpp_2m")}),
-    ("sindiffusion_outpainting.json", "SinDiffusion: outpainting, the photo kept in the middle (ddpm, 100 steps)",
+    ("sindiffusion_outpainting.json", "SinDiffusion: outpainting, the photo kept in the middle ({sampler}, {steps} steps)",
      {"SinDiffusionOutpaint": lambda w: dict(left=w // 2, right=w // 2, top=0, bottom=0, steps=100,
                                              sampler="ddpm")}),
 )
@@ -221,6 +224,7 @@ def run_single(client, object_info, models_dir: Path, seed: int, quick: bool):
             if quick:
                 values["steps"] = min(values["steps"], 10)
             set_inputs(api, class_type, seed=seed, **values)
+            title = title.format(**values)
         save_id = set_inputs(api, "SaveImage", filename_prefix=f"demo_{Path(workflow).stem}")
         rows.append((title, client.get_images(client.run(api, timeout=300), save_id)))
     return rows, ""
@@ -258,9 +262,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/demo", help="output folder")
     parser.add_argument("--quick", action="store_true", help="2 digits, fewer steps (the test's reduced demo)")
-    parser.add_argument("--digits", type=int, default=8, help="held-out digits to vary (one per class first)")
+    parser.add_argument("--digits", type=int, default=10, help="held-out digits to vary (one per class first)")
     parser.add_argument("--count", type=int, default=4, help="variations per digit")
-    parser.add_argument("--steps", type=int, default=12, help="sampler steps (12 keeps the demo within 10 minutes on a shared 2-core CPU)")
+    parser.add_argument("--steps", type=int, default=30, help="sampler steps (euler_ancestral for the variations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default=str(MODELS_DIR), help="folder with the embedded demo models")
     parser.add_argument("--base", default=None, help="ComfyUI base dir (default: $SEMANTICA_HOME/demo-base)")
