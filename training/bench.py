@@ -48,7 +48,7 @@ def bench_unet_training(preset: str, batch: int, repeats: int, device: str, time
     if code != 0 or len(rows) != 2:
         return [("training throughput (images/s)", "failed", "", out.strip().splitlines()[-1] if out.strip() else "")]
     params = re.search(r"parameters: ours ([\d.]+)M, diffusers ([\d.]+)M", out)
-    note = f"{preset}, batch {batch}, fwd+bwd; params {params.group(1)}M vs {params.group(2)}M" if params else preset
+    note = f"{preset}, batch {batch}, fwd+bwd+AdamW; params {params.group(1)}M vs {params.group(2)}M" if params else preset
     return [("training throughput (images/s)", f"{rows['ours']:.1f}", f"{rows['diffusers']:.1f}",
              f"ratio {rows['ours'] / rows['diffusers']:.2f}; {note}")]
 
@@ -96,16 +96,22 @@ def bench_unet_sampling(preset: str, batch: int, repeats: int, device: str) -> l
 def bench_node(steps: int, repeats: int, device: str, timeout: float) -> list[tuple]:
     code, out = _run_script("bench_node_overhead.py", ["--steps", str(steps), "--repeats", str(repeats),
                                                        "--device", device], timeout)
-    rows = []
-    for what in ("wall-clock", "CPU time"):
-        match = re.search(rf"^{what}: .*?per prompt, ([\d.]+) s per variation; core .*? ([\d.]+) s per variation; "
-                          rf"ratio node / core ([\d.]+)", out, re.M)
-        if match:
-            rows.append((f"node vs direct call, {what} (s/variation)", match.group(1), match.group(2),
-                         f"ratio {match.group(3)} (goal <= 1.05); {steps} steps, {repeats} repeats"))
+    rows = node_rows(out, steps, repeats)
     if code != 0 or not rows:
         tail = out.strip().splitlines()[-1] if out.strip() else ""
         return [("node vs direct call", "failed", "", tail)]
+    return rows
+
+
+def node_rows(out: str, steps: int, repeats: int) -> list[tuple]:
+    """The table rows of benchmarks/bench_node_overhead.py's printed summary (wall-clock and CPU time)."""
+    rows = []
+    for what in ("wall-clock", "CPU time"):
+        match = re.search(rf"^{what}: node .*?\(([\d.]+) s per variation.*?core .*?\(([\d.]+) s per variation.*?\n"
+                          rf"\s*ratio node / core: ([\d.]+) of medians", out, re.M)
+        if match:
+            rows.append((f"node vs direct call, {what} (s/variation)", match.group(1), match.group(2),
+                         f"ratio {match.group(3)} (goal <= 1.05); {steps} steps, {repeats} repeats"))
     return rows
 
 
