@@ -94,27 +94,14 @@ def write_dataset(out: str, heldout: int = 500, seed: int = 0) -> dict:
     return summary
 
 
-def load_heldout(root: str) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """The held-out digits as ([N, 1, 32, 32] float in [0, 1], [N] labels), read back from `root`."""
+def load_split(root: str, split: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The digits of `split` ("train" or "heldout") as ([N, 1, 32, 32] float in [0, 1], [N] labels), read back from
+    `root` through its manifest."""
     import torch
     from PIL import Image
 
     images, labels = [], []
-    with open(os.path.join(root, "heldout.jsonl")) as manifest:
-        for line in manifest:
-            row = json.loads(line)
-            images.append(np.asarray(Image.open(os.path.join(root, row["path"])).convert("L")))
-            labels.append(row["label"])
-    return torch.from_numpy(np.stack(images)).float().div(255).unsqueeze(1), torch.tensor(labels)
-
-
-def load_train(root: str) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """The training digits as ([N, 1, 32, 32] float in [0, 1], [N] labels)."""
-    import torch
-    from PIL import Image
-
-    images, labels = [], []
-    with open(os.path.join(root, "train.jsonl")) as manifest:
+    with open(os.path.join(root, f"{split}.jsonl")) as manifest:
         for line in manifest:
             row = json.loads(line)
             images.append(np.asarray(Image.open(os.path.join(root, row["path"])).convert("L")))
@@ -132,8 +119,8 @@ def make_classifier(data: str, out: str, steps: int = 2000, seed: int = 0) -> di
     from training.eval_variations import save_classifier, train_classifier
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    images, labels = load_train(data)
-    held_images, held_labels = load_heldout(data)
+    images, labels = load_split(data, "train")
+    held_images, held_labels = load_split(data, "heldout")
     started = time.perf_counter()
     net = train_classifier(images, labels, steps=steps, seed=seed)
     seconds = time.perf_counter() - started

@@ -142,7 +142,7 @@ def bench_samplers(model_path: Path, classifier_path: Path, encoder_path: Path |
     data_dir = REPO_ROOT / "out" / "bench" / "demo-data"
     if not (data_dir / "heldout.jsonl").is_file():
         data_module.write_dataset(str(data_dir))
-    images, _ = data_module.load_heldout(str(data_dir))
+    images, _ = data_module.load_split(str(data_dir), "heldout")
     classifier, _ = load_classifier(str(classifier_path))
     model = load_checkpoint(str(model_path))
     if encoder_path is None or not encoder_path.is_file():

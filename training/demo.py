@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     data_dir = out / "data"
     if not (data_dir / "heldout.jsonl").is_file():
         data_module.write_dataset(str(data_dir))
-    held_images, held_labels = data_module.load_heldout(str(data_dir))
+    held_images, held_labels = data_module.load_split(str(data_dir), "heldout")
     # One held-out digit per class first (the first of each class in the fixed split), then the next ones.
     order = sorted(range(len(held_labels)), key=lambda i: (list(held_labels[:i + 1]).count(held_labels[i]), held_labels[i]))
     chosen = order[: args.digits]
