@@ -385,6 +385,15 @@ def test_workflows_are_listed_as_templates(comfy):
         assert served.status_code == 200 and served.json() == json.loads(path.read_text())
 
 
+def apply_overrides(api: dict, **per_type: dict) -> None:
+    """WORKFLOW_OVERRIDES, then `per_type` ({class_type: {input: value}}), on a converted workflow, in place; a node
+    keeps the inputs it lacks out of it."""
+    for node in api.values():
+        values = node["inputs"]
+        for overrides in (WORKFLOW_OVERRIDES, per_type):
+            values.update({k: v for k, v in overrides.get(node["class_type"], {}).items() if k in values})
+
+
 def _expected_images(api: dict, output_id: str):
     """(count, (height, width)) an output node of a converted workflow must show, or None for unknown sources."""
     source_id = api[output_id]["inputs"]["images"][0]
@@ -410,11 +419,8 @@ def test_shipped_workflow_runs(path, comfy, files, inputs):
         if node["type"] == "LoadImage":
             assert node["widgets_values"][0] in inputs, f"no example input for {node['widgets_values'][0]}"
     api = ui_to_api(workflow, comfy.object_info(refresh=True))
-    for node in api.values():
-        values = node["inputs"]
-        values.update({k: v for k, v in WORKFLOW_OVERRIDES.get(node["class_type"], {}).items() if k in values})
-        if node["class_type"] == "SinDiffusionTrain":  # it never overwrites a model: one name per workflow run
-            values["model_name"] = f"workflow_test_{path.stem}"
+    # SinDiffusionTrain never overwrites a model: one name per workflow run
+    apply_overrides(api, SinDiffusionTrain={"model_name": f"workflow_test_{path.stem}"})
     history = comfy.run(api, timeout=600)
     assert history["status"]["status_str"] == "success", execution_error(history)
     outputs = [nid for nid, node in api.items() if node["class_type"] in ("SaveImage", "PreviewImage")]
@@ -452,11 +458,7 @@ def test_a_checkpoint_trained_by_the_cli_runs_the_variation_workflow(comfy, file
 
     workflow = json.loads((REPO_ROOT / "workflows" / "semantica_image_variations.json").read_text())
     api = ui_to_api(workflow, comfy.object_info(refresh=True))
-    for node in api.values():
-        values = node["inputs"]
-        values.update({k: v for k, v in WORKFLOW_OVERRIDES.get(node["class_type"], {}).items() if k in values})
-        if node["class_type"] == "SemanticaUNetLoader":
-            values["model_name"] = model_name
+    apply_overrides(api, SemanticaUNetLoader={"model_name": model_name})
     history = comfy.run(api, timeout=600)
     assert history["status"]["status_str"] == "success", execution_error(history)
     (save_id,) = [nid for nid, node in api.items() if node["class_type"] == "SaveImage"]
