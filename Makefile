@@ -28,7 +28,7 @@ DEMO_TRAIN := --data out/demo-data/train --cache $(DEMO_WORK)/cache --config tra
 SINGLE_STEPS ?= 3500
 demo-models: setup
 	$(PYTHON) scripts/make_demo_data.py --out out/demo-data --photo-out $(DEMO_WORK)/rocket.png \
-		--classifier-out models/demo/mnist-classifier.safetensors
+		--classifier-out models/eval/mnist-classifier.safetensors
 	$(PYTHON) -m training.cli encoder export efficientnet-lite0 --out $(DEMO_WORK)/efficientnet-lite0.safetensors
 	$(PYTHON) -m training.cli embed --data out/demo-data/train --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
 		--output $(DEMO_WORK)/cache --num-workers 0 --batch-size 50
@@ -46,7 +46,7 @@ demo-models: setup
 		--slim $(DEMO_WORK)/sindiffusion-rocket.safetensors models/demo/sindiffusion-rocket.safetensors
 	$(PYTHON) -m training.cli eval variations --model models/demo/mnist-pairs.safetensors \
 		--model models/demo/mnist-reconstruct.safetensors --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
-		--data out/demo-data/heldout.jsonl --classifier models/demo/mnist-classifier.safetensors \
+		--data out/demo-data/heldout.jsonl --classifier models/eval/mnist-classifier.safetensors \
 		--sampler euler_ancestral --steps 30 --guidance 3 --json $(DEMO_WORK)/eval.json
 	$(PYTHON) -m training.cli eval single models/demo/sindiffusion-rocket.safetensors \
 		--images $(DEMO_WORK)/rocket.png --json $(DEMO_WORK)/eval-single.json

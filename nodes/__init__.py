@@ -19,9 +19,10 @@ NODE_IDS = [
 
 
 def get_node_list() -> list:
-    from .folders import register_folders
+    from .folders import install_example_inputs, register_folders
 
     register_folders()  # before any schema lists files from the folders
+    install_example_inputs()  # the templates' LoadImage nodes name these files
 
     from .embeds import SemanticaClipVisionEmbeds, SemanticaEmbedsMix, SemanticaEncodeImage
     from .image import SemanticaImagePrep

@@ -108,9 +108,12 @@ class ComfyServer:
         return ComfyClient(self.url)
 
     def link_pack(self) -> Path:
-        """custom_nodes/<pack> -> the repository root, replacing a link to another checkout."""
+        """custom_nodes/<pack> -> the repository root, replacing a link to another checkout. A pack_dir that is
+        custom_nodes/<pack> itself (a clone, as users install it) is used as it is."""
         link = self.base_dir / "custom_nodes" / PACK_NAME
         link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink() and link.resolve() == self.pack_dir:
+            return link
         if link.is_symlink():
             if link.resolve() == self.pack_dir:
                 return link

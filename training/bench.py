@@ -211,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-repeats", type=int, default=3)
     parser.add_argument("--model", default=str(REPO_ROOT / "models" / "demo" / "mnist-pairs.safetensors"),
                         help="model of the sampler comparison (the embedded MNIST demo model)")
-    parser.add_argument("--classifier", default=str(REPO_ROOT / "models" / "demo" / "mnist-classifier.safetensors"))
+    parser.add_argument("--classifier", default=str(REPO_ROOT / "models" / "eval" / "mnist-classifier.safetensors"))
     parser.add_argument("--encoder", default=None, help="the model's encoder file (default: exported once)")
     parser.add_argument("--conditions", type=int, default=16, help="held-out digits of the sampler comparison")
     parser.add_argument("--per-condition", type=int, default=4)

@@ -2,9 +2,7 @@
 
 What it does (several minutes on a busy 2-core CPU after `make setup`; --quick for a short run):
   1. writes the MNIST demo data (scripts/make_demo_data.py: 4,500 training digits, 500 held out) under OUT/data;
-  2. exports the real EfficientNet-Lite0 encoder into the demo ComfyUI's models/semantica/encoders (its encoder_id
-     is deterministic, so the embedded models trained on it match) and copies models/demo/*.safetensors into
-     models/semantica;
+  2. uses the embedded models and encoder where they are: the pack registers models/demo/ as a model folder;
   3. starts ComfyUI headless (tools/hostctl.ComfyServer) and runs, converted with ui_to_api:
      - workflows/semantica_image_variations.json on held-out digits, with the pair-conditioned model and with its
        twin trained to reconstruct its condition (the paper's baseline), same seeds;
@@ -17,11 +15,9 @@ What it does (several minutes on a busy 2-core CPU after `make setup`; --quick f
 from __future__ import annotations
 
 import argparse
-import filecmp
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,13 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-MODELS_DIR = REPO_ROOT / "models" / "demo"
+MODELS_DIR = REPO_ROOT / "models" / "demo"  # the pack registers it as a ComfyUI model folder: nothing is copied
+CLASSIFIER_PATH = REPO_ROOT / "models" / "eval" / "mnist-classifier.safetensors"
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 PAIRS_MODEL = "mnist-pairs.safetensors"
 RECONSTRUCT_MODEL = "mnist-reconstruct.safetensors"
-CLASSIFIER = "mnist-classifier.safetensors"
 SINGLE_MODEL = "sindiffusion-rocket.safetensors"
-ENCODER_NAME = "efficientnet-lite0"
 ENCODER_FILE = "efficientnet-lite0.safetensors"
 
 
@@ -112,25 +107,6 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path, target: 
             x += tile.width + pad
         y += max(t.height for t in row) + pad
     sheet.save(path)
-
-
-def prepare_base(base: Path, models_dir: Path) -> None:
-    """Encoder exported into the base dir (once), demo models copied next to it."""
-    from semantica_core.encoders import export_encoder
-
-    semantica_dir = base / "models" / "semantica"
-    (semantica_dir / "encoders").mkdir(parents=True, exist_ok=True)
-    encoder_path = semantica_dir / "encoders" / ENCODER_FILE
-    if not encoder_path.is_file():
-        started = time.perf_counter()
-        export_encoder(ENCODER_NAME, str(encoder_path))
-        log(f"[demo] exported the real {ENCODER_NAME} encoder to {encoder_path} ({time.perf_counter() - started:.1f}s)")
-    for model in sorted(models_dir.glob("*.safetensors")):
-        if model.name == CLASSIFIER:
-            continue
-        target = semantica_dir / model.name
-        if not target.is_file() or not filecmp.cmp(model, target, shallow=False):
-            shutil.copyfile(model, target)
 
 
 def run_variations(client, object_info, model_name: str, digits: list[np.ndarray], count: int, steps: int,
@@ -266,7 +242,6 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=4, help="variations per digit")
     parser.add_argument("--steps", type=int, default=30, help="sampler steps (euler_ancestral for the variations)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", default=str(MODELS_DIR), help="folder with the embedded demo models")
     parser.add_argument("--base", default=None, help="ComfyUI base dir (default: $SEMANTICA_HOME/demo-base)")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
@@ -281,7 +256,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models_dir = Path(args.models)
+    models_dir = MODELS_DIR
     for required in (PAIRS_MODEL, RECONSTRUCT_MODEL):
         if not (models_dir / required).is_file():
             raise SystemExit(
@@ -302,7 +277,6 @@ def main(argv=None) -> int:
     log(f"[demo] {len(held_labels)} held-out digits in {data_dir}; varying classes {labels.tolist()}")
 
     base = Path(args.base) if args.base else semantica_home() / "demo-base"
-    prepare_base(base, models_dir)
     server = ComfyServer(base, log_path=out / "comfyui.log", cpu=True, port=args.port)
     server.start(timeout=180)
     timings = {"setup_seconds": round(time.perf_counter() - started, 1)}
@@ -354,9 +328,9 @@ def main(argv=None) -> int:
     from training.eval_variations import format_table, load_classifier
 
     classifier = None
-    if (models_dir / CLASSIFIER).is_file():
-        classifier, classifier_info = load_classifier(str(models_dir / CLASSIFIER))
-    encoder = load_encoder(base / "models" / "semantica" / "encoders" / ENCODER_FILE)
+    if CLASSIFIER_PATH.is_file():
+        classifier, classifier_info = load_classifier(str(CLASSIFIER_PATH))
+    encoder = load_encoder(models_dir / "encoders" / ENCODER_FILE)
     metrics = variation_metrics(np.stack(digits), labels, results, encoder, classifier)
     timings["total_seconds"] = round(time.perf_counter() - started, 1)
     metrics.update(timings=timings, notes=notes, digits=labels.tolist(), steps=args.steps, count=args.count)
