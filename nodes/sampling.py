@@ -1,17 +1,21 @@
 """Sampling nodes: image variations of embeddings, and SDEdit of a guide image (optionally masked).
 
 Both call semantica_core.pipeline with the model on ComfyUI's compute device, report every sampler step to the
-progress bar (with an x0 preview when ComfyUI runs with --preview-method), stop at the next step when the user
-cancels, and return images on ComfyUI's intermediate device.
+progress bar (with an x0 preview when ComfyUI runs with --preview-method), stop within one network block when the
+user cancels (`run_on_host`), and return images on ComfyUI's intermediate device. A request too big for the
+device's free memory is refused by the core before it starts.
 """
 from __future__ import annotations
 
 import logging
+from typing import Callable, TypeVar
 
 import comfy.model_management
 from comfy_api.latest import io
 
 from semantica_core.diffusion import SAMPLERS, SPACINGS
+from semantica_core.memory import RequestTooLargeError
+from semantica_core.networks import block_check
 
 from .convert import core_to_image, image_to_core, mask_to_core
 from .embeds import EmbedsSocket
@@ -30,6 +34,25 @@ def _check_combos(**values) -> bool | str:
         if value is not None and value not in options[name]:
             return f"{name} '{value}' is not one of: {', '.join(options[name])}"
     return True
+
+
+T = TypeVar("T")
+
+
+def run_on_host(model, call: Callable[[], T]) -> T:
+    """Runs a core call with ComfyUI's Cancel checked between the network's blocks (not only between steps).
+
+    On a GPU a request refused for memory is tried once more after ComfyUI offloads its other models: the core
+    counts only memory that is free now, and ComfyUI keeps idle models loaded until something needs the room."""
+    with block_check(comfy.model_management.throw_exception_if_processing_interrupted):
+        try:
+            return call()
+        except RequestTooLargeError:
+            if model.device.type != "cuda":
+                raise
+            comfy.model_management.free_memory(float("inf"), model.device, keep_loaded=[model.patcher])
+            comfy.model_management.soft_empty_cache()
+            return call()
 
 
 def _output(images) -> io.NodeOutput:
@@ -78,10 +101,11 @@ class SemanticaVariationSampler(io.ComfyNode):
                 f"Semantica Variations needs a pair-conditioned model; {model.name} is a '{model.kind}' model "
                 f"(sample single-image models with the SinDiffusion nodes)"
             )
-        images = sample_variations(
-            model.load(), embeds, seed=seed, count=count, steps=steps, guidance=guidance, sampler=sampler,
+        loaded = model.load()
+        images = run_on_host(model, lambda: sample_variations(
+            loaded, embeds, seed=seed, count=count, steps=steps, guidance=guidance, sampler=sampler,
             spacing=spacing, width=width or None, height=height or None, callback=SamplingProgress(),
-        )
+        ))
         return _output(images)
 
 
@@ -133,8 +157,8 @@ class SemanticaSDEdit(io.ComfyNode):
             if not mask.any():
                 logging.warning("Semantica SDEdit: the mask is empty (0 everywhere), so nothing changes; paint the "
                                 "area to change in the mask editor, or disconnect the mask to edit the whole image")
-        images = sdedit_images(
+        images = run_on_host(model, lambda: sdedit_images(
             loaded, guide, seed=seed, t0=strength, steps=steps, repeats=repeats, mask=mask, embeds=embeds,
             guidance=guidance, sampler=sampler, callback=SamplingProgress(),
-        )
+        ))
         return _output(images)

@@ -5,6 +5,8 @@ own: Semantica SDEdit takes a single-image model.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import torch
@@ -19,12 +21,17 @@ from .convert import core_to_image, image_to_core
 from .folders import MODELS, resolve_model_file
 from .model import ManagedModel, ModelSocket
 from .progress import SamplingProgress
+from .sampling import run_on_host
 
 SAMPLER_NAMES = list(SAMPLERS)
 MAX_SEED = 2**63 - 1
 MAX_SIZE = 8192
 CLIP_FOLDER = "open_clip"  # full open_clip checkpoints (image and text towers) for text guidance: models/open_clip
 PRESET_NAMES = ("sindiffusion", "sindiffusion_tiny")
+TRAIN_PRESETS = ("auto", *PRESET_NAMES)
+# SinDiffusion Train's default steps, sized to finish in minutes where `auto` picks each preset (the CLI's
+# `train single` defaults are the full runs: 4,000 and 50,000).
+IN_GRAPH_STEPS = {"sindiffusion_tiny": 600, "sindiffusion": 6000}
 
 
 def register_clip_folder() -> None:
@@ -46,8 +53,8 @@ def _check(sampler=None, preset=None) -> bool | str:
     # ComfyUI 0.3.x does not check V3 combo values itself.
     if sampler is not None and sampler not in SAMPLER_NAMES:
         return f"sampler '{sampler}' is not one of: {', '.join(SAMPLER_NAMES)}"
-    if preset is not None and preset not in PRESET_NAMES:
-        return f"preset '{preset}' is not one of: {', '.join(PRESET_NAMES)}"
+    if preset is not None and preset not in TRAIN_PRESETS:
+        return f"preset '{preset}' is not one of: {', '.join(TRAIN_PRESETS)}"
     return True
 
 
@@ -73,6 +80,40 @@ def _free_name(folder: str, name: str) -> str:
     return candidate
 
 
+def _training_preset(preset: str, device: torch.device) -> str:
+    """`auto`: the paper's network where there is a GPU, the tiny one on a CPU (16x less compute)."""
+    if preset != "auto":
+        return preset
+    return "sindiffusion_tiny" if device.type == "cpu" else "sindiffusion"
+
+
+def _training_key(picture: torch.Tensor, preset: str, size: int, steps: int, seed: int) -> str:
+    """What makes a training run: the picture's 8-bit pixels and the settings. Equal keys give equal models."""
+    digest = hashlib.sha256(picture.mul(255).round().to(torch.uint8).cpu().numpy().tobytes())
+    digest.update(json.dumps([list(picture.shape), preset, size, steps, seed]).encode())
+    return digest.hexdigest()[:32]
+
+
+def _trained_before(folder: str, model_name: str, key: str) -> str | None:
+    """A file `model_name`*.safetensors in `folder` that SinDiffusion Train wrote for the same key, if any."""
+    from semantica_core.checkpoint import CheckpointError, read_checkpoint_metadata
+
+    base = model_name.strip().removesuffix(".safetensors").replace("\\", "/").strip("/") or "sindiffusion"
+    directory, stem = os.path.split(os.path.join(folder, base))
+    if not os.path.isdir(directory):
+        return None
+    for name in sorted(os.listdir(directory)):
+        if not (name.startswith(stem) and name.endswith(".safetensors")):
+            continue
+        try:
+            training = read_checkpoint_metadata(os.path.join(directory, name))["training"] or {}
+        except (CheckpointError, OSError):
+            continue  # another file of that name: not ours to reuse
+        if training.get("training_key") == key:
+            return os.path.relpath(os.path.join(directory, name), folder)
+    return None
+
+
 class SinDiffusionTrain(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -81,19 +122,24 @@ class SinDiffusionTrain(io.ComfyNode):
             display_name="SinDiffusion Train",
             category="semantica/sindiffusion",
             description="Trains a SinDiffusion model on one image (the first of the batch) and saves it to "
-            "models/semantica, never overwriting a file. The image is resized to `size` on its long side; outputs "
-            "the model and that training image (the scale the model works at: outpaint and harmonize images of "
-            "this size). The paper trains 50000 steps (about half an hour on a GPU).",
+            "models/semantica, never overwriting a file; a second run with the same image and settings loads that "
+            "file instead of training again. The defaults finish in minutes: on a CPU the tiny network on a 112 px "
+            "picture, on a GPU the paper's network at 250 px. Outputs the model and the training image (the scale "
+            "the model works at: outpaint and harmonize images of this size).",
             inputs=[
                 io.Image.Input("image"),
-                io.Int.Input("steps", default=10000, min=1, max=200000,
-                             tooltip="training steps; samples improve up to the paper's 50000"),
-                io.Int.Input("size", default=250, min=16, max=1024, step=1,
-                             tooltip="long side of the training image in px (the paper: 250). The model's "
-                             "receptive field is 101 px (tiny preset: 45 px): larger images give more diversity"),
-                io.Combo.Input("preset", options=list(PRESET_NAMES), default="sindiffusion",
-                               tooltip="sindiffusion: the paper's network; sindiffusion_tiny: 16x less compute, "
-                               "for CPUs, images of about 112 px"),
+                io.Int.Input("steps", default=0, min=0, max=200000,
+                             tooltip="training steps; 0 = the preset's in-graph default (tiny: "
+                             f"{IN_GRAPH_STEPS['sindiffusion_tiny']}, a few minutes on a CPU; sindiffusion: "
+                             f"{IN_GRAPH_STEPS['sindiffusion']}, minutes on a GPU). Samples improve with more: "
+                             "the paper trains 50000"),
+                io.Int.Input("size", default=0, min=0, max=1024, step=1,
+                             tooltip="long side of the training image in px; 0 = the preset's (tiny: 112, "
+                             "sindiffusion: 250, the paper's). The model's receptive field is 101 px (tiny: 45 px): "
+                             "larger images give more diversity and take longer"),
+                io.Combo.Input("preset", options=list(TRAIN_PRESETS), default="auto",
+                               tooltip="auto: sindiffusion on a GPU, sindiffusion_tiny on a CPU; sindiffusion: the "
+                               "paper's network; sindiffusion_tiny: 16x less compute"),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
                 io.String.Input("model_name", default="sindiffusion",
                                 tooltip="file name in models/semantica (a number is added when it exists)"),
@@ -109,25 +155,38 @@ class SinDiffusionTrain(io.ComfyNode):
     def execute(cls, image, steps, size, preset, seed, model_name) -> io.NodeOutput:
         from semantica_core.checkpoint import load_checkpoint
         from semantica_core.single_image import (
+            PRESETS,
             SingleImageTrainConfig,
+            prepare_training_image,
             save_single_image_checkpoint,
             train_single_image,
         )
 
         device = comfy.model_management.get_torch_device()
+        preset = _training_preset(preset, device)
+        size = size or PRESETS[preset]["max_side"]
+        steps = steps or IN_GRAPH_STEPS[preset]
+        picture = image_to_core(image[:1].clone())
+        key = _training_key(picture, preset, size, steps, seed)
+        folder = folder_paths.get_folder_paths(MODELS)[0]
+        reused = _trained_before(folder, model_name, key)
+        if reused is not None:
+            training_image = prepare_training_image(picture, size).add(1).div(2)
+            return io.NodeOutput(ManagedModel(load_checkpoint(os.path.join(folder, reused)), reused),
+                                 _output(training_image))
+
         comfy.model_management.free_memory(4 * 1024**3, device)  # room for a batch of activations at 250 px
         progress = SamplingProgress(total=steps, preview=False)
         # ComfyUI runs nodes under inference_mode; training needs autograd and tensors made outside it.
         with torch.inference_mode(False), torch.enable_grad():
-            picture = image_to_core(image[:1].clone()).to(device)
             config = SingleImageTrainConfig.from_preset(preset, max_side=size, seed=seed)
             state = train_single_image(
-                picture, config, steps, device=device,
+                picture.clone().to(device), config, steps, device=device,
                 callback=lambda info: progress({"i": info["step"] - 1, "total": info["total"]}),
             )
-        folder = folder_paths.get_folder_paths(MODELS)[0]
         name = _free_name(folder, model_name)
-        path = save_single_image_checkpoint(os.path.join(folder, name), state, source_image="ComfyUI image")
+        path = save_single_image_checkpoint(os.path.join(folder, name), state, source_image="ComfyUI image",
+                                            training_key=key)
         training_image = state.image.add(1).div(2)
         del state
         return io.NodeOutput(ManagedModel(load_checkpoint(path), name), _output(training_image))
@@ -164,10 +223,11 @@ class SinDiffusionSample(io.ComfyNode):
     def execute(cls, model, width, height, seed, count, steps, sampler) -> io.NodeOutput:
         from semantica_core.single_image import sample_single_image
 
-        images = sample_single_image(
-            _single_image(model, "SinDiffusion Sample"), seed=seed, count=count, width=width or None,
-            height=height or None, steps=steps, sampler=sampler, callback=SamplingProgress(),
-        )
+        loaded = _single_image(model, "SinDiffusion Sample")
+        images = run_on_host(model, lambda: sample_single_image(
+            loaded, seed=seed, count=count, width=width or None, height=height or None, steps=steps,
+            sampler=sampler, callback=SamplingProgress(),
+        ))
         return io.NodeOutput(_output(images))
 
 
@@ -206,10 +266,10 @@ class SinDiffusionOutpaint(io.ComfyNode):
         from semantica_core.single_image import outpaint
 
         loaded = _single_image(model, "SinDiffusion Outpaint")
-        images = outpaint(
+        images = run_on_host(model, lambda: outpaint(
             loaded, image_to_core(image.to(model.device)), left, right, top, bottom, seed=seed, steps=steps,
             sampler=sampler, callback=SamplingProgress(),
-        )
+        ))
         return io.NodeOutput(_output(images))
 
 
@@ -265,10 +325,10 @@ class SinDiffusionTextGuided(io.ComfyNode):
         # The CLIP gradient needs autograd, which ComfyUI's inference_mode turns off.
         with torch.inference_mode(False):
             clip_model, tokenizer = load_clip(clip_arch, path, device=model.device)
-            images = sample_text_guided(
+            images = run_on_host(model, lambda: sample_text_guided(
                 loaded, prompt, clip_model, tokenizer, scale, seed=seed, count=count, width=width or None,
                 height=height or None, steps=steps, sampler=sampler, callback=SamplingProgress(),
-            )
+            ))
         return io.NodeOutput(_output(images))
 
 

@@ -13,6 +13,7 @@ import torch
 from .checkpoint import SemanticaModel, check_embeds_match
 from .diffusion import BatchNoise, get_sigmas, initial_noise, sample, sdedit
 from .embeds import Embeds
+from .memory import check_sampling_fits
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -41,6 +42,20 @@ def _pad_to(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
     pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
     mode = "reflect" if max(pads[0], pads[1]) < x.shape[-1] and max(pads[2], pads[3]) < x.shape[-2] else "replicate"
     return torch.nn.functional.pad(x, pads, mode=mode)
+
+
+def network_on_any_size(network: torch.nn.Module, x: torch.Tensor, c_noise: torch.Tensor, **condition) -> torch.Tensor:
+    """The network's raw output for x [B, C, H, W] of any H and W: reflect-padded to its multiple, then cropped back.
+
+    For hosts that hand the network latents of any size (ComfyUI's KSampler); our own samplers sample the whole
+    rounded-up canvas instead and crop once at the end.
+    """
+    height, width = x.shape[-2:]
+    multiple = network.required_multiple()
+    canvas_w, canvas_h = _round_up(width, multiple), _round_up(height, multiple)
+    if (canvas_w, canvas_h) == (width, height):
+        return network(x, c_noise, **condition)
+    return _center_crop(network(_pad_to(x, canvas_w, canvas_h), c_noise, **condition), width, height)
 
 
 def _model_device(model: SemanticaModel) -> torch.device:
@@ -97,6 +112,11 @@ def sample_variations(
         rows = len(embeds)
         embeds = embeds.select(torch.arange(rows).repeat_interleave(count)).to(device=device, dtype=torch.float32)
     _check_seed(seed, rows * count)
+    guided = embeds is not None and guidance != 1.0
+    check_sampling_fits(
+        model.network, rows * count * (2 if guided else 1), canvas_h, canvas_w, device,
+        f"{rows * count} image(s) of {width}x{height}{' with guidance' if guided else ''}", model.resolution,
+    )
     noise = BatchNoise([seed + i for i in range(rows * count)], device)
     sigmas = get_sigmas(model.denoiser.schedule, steps, spacing=spacing)
     x = initial_noise(noise, (model.channels, canvas_h, canvas_w), float(sigmas[0]))
@@ -150,6 +170,11 @@ def sdedit_images(
             raise ValueError(f"give one embedding for all {batch} guide images or one per image; got {len(embeds)}")
         embeds = embeds.repeat_to(batch).to(device=device, dtype=torch.float32)
     _check_seed(seed, batch)
+    guided = embeds is not None and guidance != 1.0
+    check_sampling_fits(
+        model.network, batch * (2 if guided else 1), canvas_h, canvas_w, device,
+        f"SDEdit of {batch} image(s) of {width}x{height}{' with guidance' if guided else ''}", model.resolution,
+    )
     noise = BatchNoise([seed + i for i in range(batch)], device)
     out = sdedit(
         _denoise_fn(model, embeds, guidance),

@@ -32,6 +32,7 @@ from .checkpoint import (
     write_safetensors_atomic,
 )
 from .diffusion import BatchNoise, Denoiser, DiffusionConfig, ScheduleConfig, get_sigmas, sample, sdedit
+from .memory import check_fits, check_sampling_fits, training_bytes
 from .networks import PatchUNet, PatchUNetConfig
 
 # Network, image size, training length and prediction per preset. "sindiffusion" is the paper's: receptive field
@@ -252,6 +253,13 @@ def train_single_image(
     denoiser = Denoiser(network, DiffusionConfig.from_dict(config.diffusion))
     multiple = math.lcm(config.size_multiple, network.required_multiple())
     autocast = device.type == "cuda" and config.mixed_precision == "bf16"
+    height, width = state.image.shape[-2:]
+    largest = [_round_up(round(side * config.scale_max), multiple) for side in (height, width)]  # the biggest batch
+    check_fits(
+        training_bytes(network, config.batch_size, *largest), device,
+        f"training on a {width}x{height} image in batches of {config.batch_size}",
+        "train at a smaller size (the image's long side) or with a smaller batch",
+    )
     network.train()
     while state.step < steps:
         x0 = random_rescale(state.image, state.data_generator, config, multiple)
@@ -412,6 +420,7 @@ def sample_with(
     width, height = int(width or default_w), int(height or default_h)
     multiple = model.network.required_multiple()
     canvas_w, canvas_h = _round_up(width, multiple), _round_up(height, multiple)
+    check_sampling_fits(model.network, count, canvas_h, canvas_w, device, f"{count} image(s) of {width}x{height}")
     noise = BatchNoise([seed + i for i in range(count)], device)
     sigmas = get_sigmas(model.denoiser.schedule, steps or ddpm_steps(model), spacing or default_spacing(sampler))
     sigmas = sigmas.to(device)
@@ -486,6 +495,8 @@ def outpaint(
     extra_w = _round_up(width + left + right, multiple) - (width + left + right)
     extra_h = _round_up(height + top + bottom, multiple) - (height + top + bottom)
     guide, mask = outpaint_canvas(image, left, right + extra_w, top, bottom + extra_h)
+    check_sampling_fits(model.network, batch, guide.shape[-2], guide.shape[-1], device,
+                        f"outpainting {batch} image(s) to {guide.shape[-1] - extra_w}x{guide.shape[-2] - extra_h}")
     out = sdedit(
         clipped_denoiser(model), guide * 2 - 1, model.denoiser.schedule, t0=1.0, steps=steps, mask=mask,
         sampler=sampler, noise=BatchNoise([seed + i for i in range(batch)], device), callback=callback,

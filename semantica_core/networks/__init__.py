@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .blocks import block_check
 from .patch_unet import PatchUNet, PatchUNetConfig
 from .unet import PairConditionedUNet, UNetConfig
 
@@ -34,5 +35,6 @@ __all__ = [
     "PatchUNet",
     "PatchUNetConfig",
     "UNetConfig",
+    "block_check",
     "build_network",
 ]

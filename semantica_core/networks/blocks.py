@@ -5,11 +5,56 @@ under torch.compile (no data-dependent Python branches) and under gradient check
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+# A host's stop check, called between blocks and between attention chunks, so a cancel takes effect within one
+# block rather than one whole network call (ComfyUI: throw_exception_if_processing_interrupted). A context
+# variable, so each thread (ComfyUI runs prompts in a worker thread) sees only its own.
+_block_check: contextvars.ContextVar[Optional[Callable[[], None]]] = contextvars.ContextVar(
+    "semantica_block_check", default=None
+)
+
+
+@contextlib.contextmanager
+def block_check(check: Optional[Callable[[], None]]) -> Iterator[None]:
+    """While active, the networks call `check()` between their blocks; it stops the call by raising."""
+    token = _block_check.set(check)
+    try:
+        yield
+    finally:
+        _block_check.reset(token)
+
+
+def run_block_check() -> None:
+    check = _block_check.get()
+    if check is not None and not torch.compiler.is_compiling():
+        check()
+
+
+# Queries per attention call are capped so one call does about this much work (queries x keys): at large canvases
+# a single call would otherwise run for minutes without a chance to stop. Each query's result is independent of
+# the others, so chunking changes nothing; below 2**24 / keys queries (a 64 x 64 map) there is one call.
+ATTENTION_CHUNK_WORK = 2**24
+
+
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """`scaled_dot_product_attention` over query chunks [B, heads, Lq, d], with the block check between chunks."""
+    chunk = max(64, ATTENTION_CHUNK_WORK // max(k.shape[-2], 1))
+    if q.shape[-2] <= chunk:
+        return F.scaled_dot_product_attention(q, k, v)
+    outs = []
+    for start in range(0, q.shape[-2], chunk):
+        run_block_check()
+        outs.append(F.scaled_dot_product_attention(q[..., start : start + chunk, :], k, v))
+    return torch.cat(outs, dim=-2)
 
 
 def timestep_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -179,7 +224,7 @@ class AttentionBlock(nn.Module):
         h = x.permute(0, 2, 3, 1).reshape(b, height * width, c).contiguous()
 
         q, k, v = _split_heads(self.qkv(self.norm1(h)), 3, self.num_heads)
-        h = h + self.self_out(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        h = h + self.self_out(_merge_heads(chunked_attention(q, k, v)))
 
         (q,) = _split_heads(self.q(self.norm2(h)), 1, self.num_heads)
         k, v = _split_heads(self.kv(context), 2, self.num_heads)

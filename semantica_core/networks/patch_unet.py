@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import Downsample, ResBlock, TimestepEmbedder, Upsample, group_norm, zero_module
+from .blocks import Downsample, ResBlock, TimestepEmbedder, Upsample, group_norm, run_block_check, zero_module
 from .unet import config_from_dict, config_to_dict
 
 
@@ -90,6 +90,7 @@ class PatchUNet(nn.Module):
         return measure_receptive_field(self.config)
 
     def _run(self, layer: nn.Module, h, emb):
+        run_block_check()
         if isinstance(layer, (Downsample, Upsample)):
             return layer(h)
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():

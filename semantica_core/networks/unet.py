@@ -23,6 +23,7 @@ from .blocks import (
     TimestepEmbedder,
     Upsample,
     group_norm,
+    run_block_check,
     zero_module,
 )
 
@@ -215,6 +216,7 @@ class PairConditionedUNet(nn.Module):
         return context, self.pooled_embed(pooled)
 
     def _run(self, layer: nn.Module, h, emb, context):
+        run_block_check()
         if isinstance(layer, (Downsample, Upsample)):
             return layer(h)
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():

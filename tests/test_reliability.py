@@ -1,0 +1,127 @@
+"""Requests that cannot run stop before they start, long ones stop within a block, and written files follow the
+umask. (CLI failures and resume: tests/test_cli_failures.py, tests/test_resume.py; through the server:
+tests/test_reliability_host.py.)"""
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from semantica_core import memory
+from semantica_core.embeds import Embeds
+from semantica_core.memory import RequestTooLargeError, sampling_bytes
+from semantica_core.networks import PairConditionedUNet, block_check, blocks
+from semantica_core.presets import network_preset
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_MODEL = REPO / "models" / "demo" / "mnist-pairs.safetensors"
+
+
+class Stop(Exception):
+    pass
+
+
+def _tiny_unet():
+    torch.manual_seed(0)
+    return PairConditionedUNet(network_preset("tiny", 8, 8)).eval()
+
+
+def test_chunked_attention_equals_one_call(monkeypatch):
+    q, k, v = (torch.randn(2, 2, 300, 16) for _ in range(3))
+    whole = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    monkeypatch.setattr(blocks, "ATTENTION_CHUNK_WORK", 64 * 300)  # 64 queries per call: 5 calls
+    calls = []
+    with block_check(lambda: calls.append(1)):
+        chunked = blocks.chunked_attention(q, k, v)
+    assert len(calls) == 5
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_block_check_stops_a_network_call_between_blocks():
+    net = _tiny_unet()
+    x, t = torch.randn(1, 3, 32, 32), torch.zeros(1)
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Stop
+
+    with torch.no_grad():
+        net(x, t)  # no check set: runs through
+        with block_check(check), pytest.raises(Stop):
+            net(x, t)
+        assert len(calls) == 3  # stopped inside the call, at the third block
+        net(x, t)  # the check is gone once the context ends
+    assert len(calls) == 3
+
+
+def test_estimate_grows_with_size_batch_and_guidance():
+    net = _tiny_unet()
+    small, big = sampling_bytes(net, 2, 64, 64), sampling_bytes(net, 2, 128, 128)
+    assert small < big and 3 < (big - memory.OVERHEAD) / (small - memory.OVERHEAD) <= 4.01
+    assert sampling_bytes(net, 4, 64, 64) - memory.OVERHEAD == pytest.approx(2 * (small - memory.OVERHEAD))
+
+
+def test_free_memory_is_known_on_the_cpu():
+    free = memory.free_bytes("cpu")
+    assert free is not None and 0 < free < 2**50
+
+
+@pytest.mark.skipif(not DEMO_MODEL.is_file(), reason="the demo model is not in models/demo")
+def test_too_big_a_request_is_refused_before_it_runs(monkeypatch):
+    from semantica_core.checkpoint import load_checkpoint
+    from semantica_core.pipeline import sample_variations
+
+    model = load_checkpoint(DEMO_MODEL)
+    info = model.encoder_info
+    embeds = Embeds(torch.zeros(1, info["num_tokens"], info["token_dim"]), torch.zeros(1, info["pooled_dim"]),
+                    info["encoder_id"])
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2 * 2**30)  # a machine with 2 GiB free
+    steps = []
+    with pytest.raises(RequestTooLargeError) as error:
+        sample_variations(model, embeds, seed=0, count=4, steps=1, width=2048, height=2048,
+                          callback=lambda info: steps.append(info))
+    message = str(error.value)
+    assert not steps, "the refused request ran"
+    for fragment in ("4 image(s) of 2048x2048 with guidance", "GiB", "2.0 GiB is free", "fewer images",
+                     "trained at 32 px"):
+        assert fragment in message, message
+    # what fits still runs
+    images = sample_variations(model, embeds, seed=0, count=1, steps=1, width=64, height=64)
+    assert images.shape == (1, 3, 64, 64)
+
+
+PEAK_PROBE = """
+import json, resource, sys, torch
+torch.set_num_threads(1)
+from semantica_core.checkpoint import load_checkpoint
+from semantica_core.embeds import Embeds
+from semantica_core.memory import sampling_bytes
+from semantica_core.pipeline import sample_variations
+size = int(sys.argv[1])
+model = load_checkpoint(sys.argv[2])
+info = model.encoder_info
+embeds = Embeds(torch.randn(1, info["num_tokens"], info["token_dim"]), torch.randn(1, info["pooled_dim"]),
+                info["encoder_id"])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sample_variations(model, embeds, seed=0, count=1, steps=1, sampler="euler", width=size, height=size)
+peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+print(json.dumps({"measured": peak, "estimate": sampling_bytes(model.network, 2, size, size)}))
+"""
+
+
+@pytest.mark.skipif(not DEMO_MODEL.is_file() or not sys.platform.startswith("linux"),
+                    reason="needs the demo model and Linux's peak RSS")
+def test_estimate_covers_the_measured_peak():
+    result = subprocess.run([sys.executable, "-c", PEAK_PROBE, "256", str(DEMO_MODEL)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"256 px, 2 rows: measured {figures['measured'] / 2**20:.0f} MiB, "
+          f"estimated {figures['estimate'] / 2**20:.0f} MiB")
+    assert 0.8 * figures["measured"] <= figures["estimate"] <= 2.5 * figures["measured"], figures
