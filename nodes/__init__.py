@@ -15,6 +15,7 @@ NODE_IDS = [
     "SemanticaVariationSampler",
     "SemanticaSDEdit",
     "SinDiffusionTrain", "SinDiffusionSample", "SinDiffusionOutpaint", "SinDiffusionTextGuided",
+    "SemanticaKSamplerModelLoader", "SemanticaConditioning", "SemanticaEmptyLatent",
 ]
 
 
@@ -29,6 +30,7 @@ def get_node_list() -> list:
     from .loaders import SemanticaEncoderLoader, SemanticaUNetLoader
     from .sampling import SemanticaSDEdit, SemanticaVariationSampler
     from .sindiffusion import NODES as SINDIFFUSION_NODES
+    from .comfy_bridge import NODES as KSAMPLER_NODES
 
     nodes = [
         SemanticaImagePrep,
@@ -40,6 +42,7 @@ def get_node_list() -> list:
         SemanticaVariationSampler,
         SemanticaSDEdit,
         *SINDIFFUSION_NODES,
+        *KSAMPLER_NODES,
     ]
     ids = [node.GET_SCHEMA().node_id for node in nodes]
     if ids != NODE_IDS:

@@ -1,5 +1,6 @@
 """Diffusion in the sigma form `x = x0 + sigma * eps`: schedules, the denoiser with guidance, samplers, SDEdit."""
 from .denoiser import PREDICTIONS, DiffusionConfig, Denoiser
+from .model_sampling import ModelSampling
 from .noise import BatchNoise
 from .samplers import (
     SAMPLERS,
@@ -20,6 +21,7 @@ __all__ = [
     "DiffusionConfig",
     "Denoiser",
     "KINDS",
+    "ModelSampling",
     "NoiseSchedule",
     "PREDICTIONS",
     "SAMPLERS",

@@ -17,7 +17,8 @@ from torch import nn
 
 from semantica_core.embeds import Embeds
 
-from .schedules import NoiseSchedule, ScheduleConfig
+from .model_sampling import ModelSampling
+from .schedules import ScheduleConfig
 
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -57,7 +58,9 @@ class Denoiser(nn.Module):
         super().__init__()
         self.network = network
         self.config = config
-        self.schedule = NoiseSchedule(config.schedule)
+        # The network's input scale, time input and x0 formula; ComfyUI's samplers call the same object.
+        self.model_sampling = ModelSampling(config)
+        self.schedule = self.model_sampling.schedule
 
     def forward(
         self,
@@ -134,8 +137,10 @@ class Denoiser(nn.Module):
         return F.mse_loss(out.float(), target.float())
 
     def _network(self, x, sigma, tokens, pooled, drop) -> torch.Tensor:
-        c_in = _expand(self.schedule.c_in(sigma), x).to(x.dtype)
-        out = self.network(x * c_in, self.schedule.c_noise(sigma), tokens=tokens, pooled=pooled, drop_cond=drop)
+        sampling = self.model_sampling
+        out = self.network(
+            sampling.calculate_input(sigma, x), sampling.timestep(sigma), tokens=tokens, pooled=pooled, drop_cond=drop
+        )
         if out.shape != x.shape:
             raise ValueError(
                 f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a denoiser network "
@@ -144,16 +149,7 @@ class Denoiser(nn.Module):
         return out
 
     def _denoise(self, x, sigma, tokens, pooled, drop) -> torch.Tensor:
-        out = self._network(x, sigma, tokens, pooled, drop).float()
-        xf, s = x.float(), _expand(sigma, x)
-        if self.config.prediction == "eps":
-            x0 = xf - s * out
-        elif self.config.prediction == "x0":
-            x0 = out
-        else:
-            alpha_sq = 1.0 / (1.0 + s * s)
-            x0 = alpha_sq * xf - (s * alpha_sq.sqrt()) * out
-        return x0.to(x.dtype)
+        return self.model_sampling.calculate_denoised(sigma, self._network(x, sigma, tokens, pooled, drop), x)
 
 
 def _sigma_batch(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
