@@ -14,11 +14,27 @@ Layout under --out:
 With --photo-out FILE it also writes the photo of the embedded SinDiffusion model: scikit-image's rocket (NASA, public
 domain), 640x427 PNG.
 
+With --examples-out DIR it also writes the example images the templates load (committed as assets/inputs/).
+ComfyUI's LoadImage lists only the server's input folder, so the pack copies these files there at start-up
+(nodes/folders.install_example_inputs) under names that start with `semantica_example_`. They are committed; this
+script says how they were made and makes them again:
+
+  semantica_example_digit.png           a held-out MNIST 4 (32 px), the condition of the variation templates
+  semantica_example_digit_b.png         a held-out MNIST 9, the second image of the mixing template
+  semantica_example_stroke_painting.png a coarse block painting of a held-out 7 (SDEdit's guide)
+  semantica_example_masked_digit.png    a held-out 7 whose lower half is transparent (LoadImage's MASK: what changes)
+  semantica_example_rocket.png          scikit-image's rocket (NASA, public domain) at the embedded SinDiffusion
+                                        model's scale, 112 x 75 (outpainting keeps that scale)
+  semantica_example_rocket_masked.png   the same with a transparent square where an object is pasted in
+  semantica_example_object.png          scikit-image's coffee photo (public domain) at that size: the pasted object
+  semantica_example_photo.png           the rocket at 640 x 427, the picture the in-graph training template learns
+
 With --classifier-out FILE it also trains the small digit classifier of `semantica eval variations` on the
 training split (about a minute on a CPU) and records its held-out accuracy in the file's metadata.
 
 Usage: python scripts/make_demo_data.py --out out/demo-data [--heldout 500] [--seed 0] [--classifier-out FILE]
                                       [--photo-out FILE]
+       python scripts/make_demo_data.py --examples-out assets/inputs
        python scripts/make_demo_data.py --slim TRAINED.safetensors models/demo/NAME.safetensors
 """
 from __future__ import annotations
@@ -150,6 +166,66 @@ def slim_checkpoint(src: str, dst: str) -> int:
     return os.path.getsize(dst)
 
 
+ROCKET_SIZE = (112, 75)  # the embedded sindiffusion-rocket model's training size
+
+
+def stroke_painting(digit: np.ndarray, cell: int = 4) -> np.ndarray:
+    """Blocks of `cell` px where the [32, 32] digit has ink, as a broad brush would paint it."""
+    h, w = digit.shape
+    blocks = digit.reshape(h // cell, cell, w // cell, cell).mean((1, 3))
+    strokes = np.where(blocks > 80, 200, 0).astype(np.uint8)
+    return np.kron(strokes, np.ones((cell, cell), dtype=np.uint8))
+
+
+def training_scale(photo: np.ndarray, max_side: int = max(ROCKET_SIZE)) -> np.ndarray:
+    """The uint8 RGB photo as SinDiffusion training resizes it (long side `max_side`, default the embedded model's)."""
+    import torch
+
+    from semantica_core.single_image import prepare_training_image
+
+    picture = torch.from_numpy(photo.copy()).permute(2, 0, 1).float().div(255)
+    prepared = prepare_training_image(picture, max_side)[0].add(1).mul(127.5).round().clamp(0, 255)
+    return prepared.byte().permute(1, 2, 0).numpy()
+
+
+def first_heldout(digits: np.ndarray, labels: np.ndarray, held: np.ndarray, label: int) -> np.ndarray:
+    return digits[next(i for i in held if labels[i] == label)]
+
+
+def write_example_inputs(out: str) -> int:
+    """The templates' example images (see the module docstring) into `out`; returns how many."""
+    from PIL import Image
+
+    os.makedirs(out, exist_ok=True)
+
+    def save(name: str, array: np.ndarray, mode: str) -> None:
+        Image.fromarray(array, mode).save(os.path.join(out, f"semantica_example_{name}.png"))
+
+    digits, labels = load_mnist()
+    held = heldout_indices(labels, 500, 0)  # the demo's held-out split: never trained on
+    gray = lambda d: np.stack([d] * 3, -1)  # noqa: E731
+    save("digit", gray(first_heldout(digits, labels, held, 4)), "RGB")
+    save("digit_b", gray(first_heldout(digits, labels, held, 9)), "RGB")
+    seven = first_heldout(digits, labels, held, 7)
+    save("stroke_painting", gray(stroke_painting(seven)), "RGB")
+    alpha = np.full(seven.shape, 255, np.uint8)
+    alpha[16:] = 0
+    save("masked_digit", np.concatenate([gray(seven), alpha[..., None]], -1), "RGBA")
+
+    import skimage.data
+
+    photo = Image.fromarray(demo_photo())
+    save("photo", np.asarray(photo), "RGB")
+    rocket = training_scale(demo_photo())
+    save("rocket", rocket, "RGB")
+    hole = np.full(rocket.shape[:2], 255, np.uint8)
+    hole[40:64, 12:36] = 0  # on the ground, left of the rocket
+    save("rocket_masked", np.concatenate([rocket, hole[..., None]], -1), "RGBA")
+    coffee = Image.fromarray(skimage.data.coffee()).resize(ROCKET_SIZE, Image.BICUBIC)
+    save("object", np.asarray(coffee), "RGB")
+    return len(os.listdir(out))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/demo-data", help="output folder")
@@ -158,12 +234,16 @@ def main(argv=None) -> int:
     parser.add_argument("--classifier-out", help="also train the digit classifier and save it here (.safetensors)")
     parser.add_argument("--classifier-steps", type=int, default=2000)
     parser.add_argument("--photo-out", help="also write the SinDiffusion demo photo here (.png)")
+    parser.add_argument("--examples-out", help="only write the templates' example images to this folder")
     parser.add_argument("--slim", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
                         help="only copy checkpoint SRC to DST with float16 weights (repeatable); writes no data")
     args = parser.parse_args(argv)
     if args.slim:
         for src, dst in args.slim:
             print(f"wrote {dst}: {slim_checkpoint(src, dst) / 1e6:.1f} MB (float16 copy of {src})")
+        return 0
+    if args.examples_out:
+        print(f"wrote {write_example_inputs(args.examples_out)} example images to {args.examples_out}")
         return 0
     summary = write_dataset(args.out, args.heldout, args.seed)
     print(f"wrote {summary['train']} training digits (10 pages) and {summary['heldout']} held-out digits to {args.out}")

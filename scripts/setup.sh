@@ -75,6 +75,14 @@ PY
   touch "$HOST_STAMP"
 fi
 
+# 4. Chromium for the browser tests (Debian's package: Playwright's own browser download is not reachable). Only as
+# root, where apt-get works; elsewhere the browser tests skip and say why.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  log "installing chromium (Debian) for the browser tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || log "chromium could not be installed: the browser tests will be skipped"
+fi
+
 "$VENV/bin/python" -c 'import semantica_core, training, torch' || { echo "set-up check failed: run 'rm -rf $HOME_DIR' and 'make setup' again" >&2; exit 1; }
 [ -f "$COMFY/main.py" ] || { echo "ComfyUI host missing at $COMFY: remove $HOST_STAMP and run make setup" >&2; exit 1; }
 log "ready: venv $VENV, ComfyUI host $COMFY"

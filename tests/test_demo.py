@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.host]
 def test_stroke_painting_keeps_the_digit_layout():
     import numpy as np
 
-    from training.demo import stroke_painting
+    from training.demo import load_demo_data_module
+
+    stroke_painting = load_demo_data_module().stroke_painting
 
     digit = np.zeros((32, 32), dtype=np.uint8)
     digit[8:24, 14:18] = 255  # a "1"

@@ -1,7 +1,9 @@
 """The Semantica nodes and the shipped workflows inside a real ComfyUI server, over HTTP and /ws only.
 
-Model files are tiny random-weight stand-ins written once per session into the server's models folder, under the
-names the workflows' loader nodes ask for (`properties.models`). Real photos come from skimage.data.
+The served templates (workflows/*.json) run on the pack's embedded models and example images, as a user meets them.
+Other model files are tiny random-weight stand-ins written once per session into the server's models folder, under
+the names the tests and the workflows that need the user's own files (workflows/with_your_files/) ask for. Real
+photos come from skimage.data.
 """
 import io
 import json
@@ -18,7 +20,12 @@ from tools.hostctl import REPO_ROOT, ComfyServer, PromptError, execution_error, 
 
 pytestmark = pytest.mark.host
 
-WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))  # served as templates: run as they are
+USER_FILE_WORKFLOWS = sorted((REPO_ROOT / "workflows" / "with_your_files").glob("*.json"))
+EXAMPLE_INPUTS = sorted(p.name for p in (REPO_ROOT / "assets" / "inputs").glob("*.png"))
+# The folder each file-selecting widget reads, for the workflows that need the user's own files.
+LOADER_FOLDERS = {"SemanticaUNetLoader": "semantica", "SemanticaEncoderLoader": "semantica_encoders",
+                  "CLIPVisionLoader": "clip_vision", "SinDiffusionTextGuided": "open_clip"}
 MODEL_RESOLUTION = 32  # the tiny preset the fixture models use
 PREP_SIZE = (48, 32)  # Image Prep (width, height) in the workflow runs: the tiny model is quick at small sizes
 FOLDERS = {"semantica": ("semantica",), "semantica_encoders": ("semantica", "encoders"),
@@ -54,7 +61,7 @@ class ModelFiles:
         self.models_dir, self.scratch = Path(models_dir), Path(scratch)
         self.made: dict[tuple[str, str], Path] = {}
         self.makers = {
-            ("semantica_encoders", "efficientnet-lite0.safetensors"): self._encoder,
+            ("semantica_encoders", "random-efficientnet-lite0.safetensors"): self._encoder,
             ("semantica", "semantica-variations.safetensors"): self._pair_model,
             ("clip_vision", "open_clip_vit_l14_openai.safetensors"): self._clip_vision,
             ("semantica", "semantica-variations-vit-l14.safetensors"): self._clip_pair_model,
@@ -89,7 +96,7 @@ class ModelFiles:
 
         export_encoder("resnet10t", path, random=True, seed=1, image_size=64)
 
-    def _pair_model(self, path, encoder=("semantica_encoders", "efficientnet-lite0.safetensors")):
+    def _pair_model(self, path, encoder=("semantica_encoders", "random-efficientnet-lite0.safetensors")):
         from semantica_core.checkpoint import save_checkpoint
         from semantica_core.encoders import read_encoder_spec
         from semantica_core.networks import build_network
@@ -178,7 +185,7 @@ def files(comfy_models_dir, tmp_path_factory) -> ModelFiles:
 
 @pytest.fixture(scope="session")
 def pair_model(files) -> str:
-    files.ensure("semantica_encoders", "efficientnet-lite0.safetensors")
+    files.ensure("semantica_encoders", "random-efficientnet-lite0.safetensors")
     return files.ensure("semantica", "semantica-variations.safetensors").name
 
 
@@ -222,11 +229,11 @@ def _small_photo():
 
 
 INPUT_IMAGES = {
-    "semantica_small_photo.png": _small_photo,
-    "semantica_example_photo.png": _photo,
-    "semantica_example_photo_b.png": _photo_b,
-    "semantica_stroke_painting.png": _stroke_painting,
-    "semantica_masked_photo.png": _masked_photo,
+    "host_test_small_photo.png": _small_photo,
+    "host_test_photo.png": _photo,
+    "host_test_photo_b.png": _photo_b,
+    "host_test_stroke_painting.png": _stroke_painting,
+    "host_test_masked_photo.png": _masked_photo,
 }
 
 
@@ -244,7 +251,7 @@ def inputs(comfy) -> dict:
 
 
 def variation_prompt(model: str, image: str, seed: int, count: int = 2, steps: int = 3,
-                     encoder="efficientnet-lite0.safetensors", **sampler):
+                     encoder="random-efficientnet-lite0.safetensors", **sampler):
     inputs = dict(seed=seed, count=count, steps=steps, guidance=3.0, sampler="euler_ancestral", spacing="karras",
                   width=0, height=0, model=["2", 0], embeds=["4", 0])
     inputs.update(sampler)
@@ -284,7 +291,7 @@ def assert_error(comfy, prompt, node_type: str, *fragments: str) -> str:
 
 def assert_serving(comfy, pair_model, inputs, seed):
     """The server still runs prompts after an error."""
-    prompt = variation_prompt(pair_model, "semantica_example_photo.png", seed, count=1, steps=1)
+    prompt = variation_prompt(pair_model, "host_test_photo.png", seed, count=1, steps=1)
     images = comfy.get_images(comfy.run(prompt))
     assert [im.shape for im in images] == [(MODEL_RESOLUTION, MODEL_RESOLUTION, 3)]
 
@@ -338,7 +345,7 @@ def test_object_info_lists_every_node_with_its_inputs_and_outputs(comfy, pair_mo
     # loader widgets list the files of their folders; encoders stay out of the model list
     models = info["SemanticaUNetLoader"]["input"]["required"]["model_name"][1]["options"]
     encoders = info["SemanticaEncoderLoader"]["input"]["required"]["encoder_name"][1]["options"]
-    assert pair_model in models and "efficientnet-lite0.safetensors" in encoders
+    assert pair_model in models and "random-efficientnet-lite0.safetensors" in encoders
     assert not any(name.startswith("encoders") for name in models)
 
 
@@ -352,7 +359,7 @@ def _boxes_overlap(a, b) -> bool:
     return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", WORKFLOWS + USER_FILE_WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_file_is_a_tidy_ui_workflow(path, comfy):
     workflow = json.loads(path.read_text())
     assert workflow["version"] == 0.4
@@ -366,15 +373,40 @@ def test_workflow_file_is_a_tidy_ui_workflow(path, comfy):
     for node in nodes.values():
         assert node["type"] in info or node["type"] in ("MarkdownNote", "Note"), node["type"]
         for model in node.get("properties", {}).get("models", []):
-            assert set(model) >= {"name", "url", "directory"} and model["url"].startswith("https://")
+            # the frontend downloads only from a few model hosts; a file the user makes is explained in the note
+            assert set(model) >= {"name", "url", "directory"} and model["url"].startswith("https://huggingface.co/")
             assert model["name"] in node["widgets_values"], "the frontend only checks models a widget selects"
-            assert model["name"].endswith(".safetensors")
-    if any(n["type"].endswith("Loader") for n in nodes.values()):
-        assert any(n.get("properties", {}).get("models") for n in nodes.values()), "loaders must name their files"
     placed = list(nodes.values())
     for i, a in enumerate(placed):
         for b in placed[i + 1:]:
             assert not _boxes_overlap(a, b), f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_a_template_names_only_files_the_server_has(path, comfy):
+    """No missing-model dialog and nothing to pick: every file a widget selects is in the server's list for it."""
+    workflow = json.loads(path.read_text())
+    for node in workflow["nodes"]:
+        assert not node.get("properties", {}).get("models"), "a template on the embedded models needs no download"
+    info = comfy.object_info(refresh=True)
+    for node in ui_to_api(workflow, info).values():
+        specs = {**info[node["class_type"]]["input"].get("required", {}),
+                 **info[node["class_type"]]["input"].get("optional", {})}
+        for name, value in node["inputs"].items():
+            kind = specs[name][0]
+            options = specs[name][1]["options"] if kind == "COMBO" else kind if isinstance(kind, list) else None
+            if options is not None:
+                assert value in options, f"{node['class_type']}.{name} = {value!r} is not offered: {options}"
+
+
+@pytest.mark.parametrize("path", USER_FILE_WORKFLOWS, ids=lambda p: p.stem)
+def test_a_workflow_that_needs_the_users_files_says_which(path):
+    workflow = json.loads(path.read_text())
+    (text,) = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote"]
+    assert "needs" in text and "your own" in text
+    for node in workflow["nodes"]:
+        if node["type"] in LOADER_FOLDERS:
+            assert node["widgets_values"][0] in text or node.get("properties", {}).get("models"), node["type"]
 
 
 def test_workflows_are_listed_as_templates(comfy):
@@ -405,19 +437,34 @@ def _expected_images(api: dict, output_id: str):
         return inputs["count"], (inputs["height"] or MODEL_RESOLUTION, inputs["width"] or MODEL_RESOLUTION)
     if kind == "SemanticaSDEdit":
         image = api[inputs["image"][0]]
-        assert image["class_type"] == "SemanticaImagePrep", "the shipped SDEdit workflows prepare their guide"
+        if image["class_type"] != "SemanticaImagePrep":
+            return None
         return 1, (image["inputs"]["height"], image["inputs"]["width"])
     return None
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_shipped_workflow_runs(path, comfy, files, inputs):
+def test_shipped_workflow_runs(path, comfy):
+    """On the embedded models and the pack's example images, with fewer steps (the browser test runs them as they
+    are)."""
     workflow = json.loads(path.read_text())
     for node in workflow["nodes"]:
-        for model in node.get("properties", {}).get("models", []):
-            files.ensure(model["directory"], model["name"])
         if node["type"] == "LoadImage":
-            assert node["widgets_values"][0] in inputs, f"no example input for {node['widgets_values'][0]}"
+            assert node["widgets_values"][0] in EXAMPLE_INPUTS, f"no example input for {node['widgets_values'][0]}"
+    _run_and_check_workflow(path, workflow, comfy)
+
+
+@pytest.mark.parametrize("path", USER_FILE_WORKFLOWS, ids=lambda p: p.stem)
+def test_a_workflow_with_the_users_files_runs_once_they_are_there(path, comfy, files, inputs):
+    workflow = json.loads(path.read_text())
+    for node in workflow["nodes"]:
+        if node["type"] in LOADER_FOLDERS and node["widgets_values"][0] not in EXAMPLE_INPUTS:
+            if node["widgets_values"][0] != "sindiffusion-rocket.safetensors":  # embedded
+                files.ensure(LOADER_FOLDERS[node["type"]], node["widgets_values"][0])
+    _run_and_check_workflow(path, workflow, comfy)
+
+
+def _run_and_check_workflow(path, workflow, comfy):
     api = ui_to_api(workflow, comfy.object_info(refresh=True))
     # SinDiffusionTrain never overwrites a model: one name per workflow run
     apply_overrides(api, SinDiffusionTrain={"model_name": f"workflow_test_{path.stem}"})
@@ -433,8 +480,9 @@ def test_shipped_workflow_runs(path, comfy, files, inputs):
             continue
         count, (height, width) = expected
         assert [im.shape for im in images] == [(height, width, 3)] * count, nid
-    if path.stem == "sdedit_masked_edit":  # outside the mask the result is the photo (resized by Image Prep)
-        _check_masked_workflow(api, history, comfy, inputs["semantica_masked_photo.png"])
+    if path.stem == "sdedit_masked_edit":  # outside the mask the result is the image (resized by Image Prep)
+        (load_id,) = [nid for nid, node in api.items() if node["class_type"] == "LoadImage"]
+        _check_masked_workflow(api, history, comfy, api[load_id]["inputs"]["image"])
 
 
 def test_a_checkpoint_trained_by_the_cli_runs_the_variation_workflow(comfy, files, inputs, tmp_path_factory):
@@ -446,7 +494,7 @@ def test_a_checkpoint_trained_by_the_cli_runs_the_variation_workflow(comfy, file
 
     root = tmp_path_factory.mktemp("cli-trained")
     write_example_pages(str(root / "pages"), num_pages=6, size=64)
-    encoder = files.ensure("semantica_encoders", "efficientnet-lite0.safetensors")  # the workflow's encoder name
+    encoder = REPO_ROOT / "models" / "demo" / "encoders" / "efficientnet-lite0.safetensors"  # the workflow's encoder
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     command = [sys.executable, "-m", "training.cli", "train", "pairs", "--data", str(root / "pages"),
                "--encoder", str(encoder), "--preset", "tiny", "--max-steps", "6", "--batch-size", "4",
@@ -468,17 +516,18 @@ def test_a_checkpoint_trained_by_the_cli_runs_the_variation_workflow(comfy, file
     assert all(im.std() > 0 for im in images)
 
 
-def _check_masked_workflow(api, history, comfy, rgba):
+def _check_masked_workflow(api, history, comfy, image_name: str):
     import torch.nn.functional as F
 
+    rgba = np.asarray(Image.open(REPO_ROOT / "assets" / "inputs" / image_name))
     (out,) = comfy.get_images(history, node_id=next(k for k, v in api.items() if v["class_type"] == "SaveImage"))
     width, height = PREP_SIZE
     # Image Prep "resize" and the node's mask resize are both bilinear on the whole frame
     mask = torch.from_numpy(1.0 - rgba[..., 3].astype(np.float32) / 255)[None, None]
     mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
     keep, change = mask == 0, mask == 1
-    assert keep.sum() > 100 and change.sum() > 50
-    prep = {"p": {"class_type": "LoadImage", "inputs": {"image": "semantica_masked_photo.png"}},
+    assert keep.sum() > 100 and change.sum() > 50, (keep.sum(), change.sum())
+    prep = {"p": {"class_type": "LoadImage", "inputs": {"image": image_name}},
             "q": {"class_type": "SemanticaImagePrep", "inputs": {"image": ["p", 0], "width": width, "height": height,
                                                                   "mode": "resize"}},
             "r": {"class_type": "SaveImage", "inputs": {"images": ["q", 0], "filename_prefix": "masked_guide"}}}
@@ -491,13 +540,13 @@ def _check_masked_workflow(api, history, comfy, rgba):
 
 
 def test_progress_message_per_step(comfy, pair_model, inputs):
-    prompt = variation_prompt(pair_model, "semantica_example_photo.png", seed=701, count=1, steps=7)
+    prompt = variation_prompt(pair_model, "host_test_photo.png", seed=701, count=1, steps=7)
     history, messages = comfy.run_ws(prompt, timeout=300)
     assert history["status"]["status_str"] == "success", execution_error(history)
     progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "5"]
     assert [p["value"] for p in progress] == list(range(1, 8)) and {p["max"] for p in progress} == {7}
 
-    sdedit = sdedit_prompt(pair_model, "semantica_small_photo.png", seed=702, steps=4, repeats=2)
+    sdedit = sdedit_prompt(pair_model, "host_test_small_photo.png", seed=702, steps=4, repeats=2)
     history, messages = comfy.run_ws(sdedit, timeout=300)
     assert history["status"]["status_str"] == "success", execution_error(history)
     progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "5"]
@@ -518,11 +567,11 @@ def preview_server(tmp_path_factory):
 
 def test_sampling_sends_an_x0_preview_with_every_step(preview_server, tmp_path_factory):
     files = ModelFiles(preview_server.models_dir, tmp_path_factory.mktemp("preview-scratch"))
-    files.ensure("semantica_encoders", "efficientnet-lite0.safetensors")
+    files.ensure("semantica_encoders", "random-efficientnet-lite0.safetensors")
     model = files.ensure("semantica", "semantica-variations.safetensors").name
     client = preview_server.client()
-    client.upload_image(_small_photo(), name="semantica_example_photo.png")
-    history, messages = client.run_ws(variation_prompt(model, "semantica_example_photo.png", seed=5, count=2, steps=5))
+    client.upload_image(_small_photo(), name="host_test_photo.png")
+    history, messages = client.run_ws(variation_prompt(model, "host_test_photo.png", seed=5, count=2, steps=5))
     assert history["status"]["status_str"] == "success", execution_error(history)
     progress = [m for m in messages if m["type"] == "progress"]
     previews = [m for m in messages if m["type"] == "binary" and m["event"] == 1]  # PREVIEW_IMAGE
@@ -536,7 +585,7 @@ def test_sampling_sends_an_x0_preview_with_every_step(preview_server, tmp_path_f
 def test_interrupt_stops_a_long_sampling_within_two_seconds(comfy, pair_model, inputs):
     import websocket
 
-    prompt = variation_prompt(pair_model, "semantica_example_photo.png", seed=801, count=1, steps=1000)
+    prompt = variation_prompt(pair_model, "host_test_photo.png", seed=801, count=1, steps=1000)
     host = comfy.url.split("://", 1)[1]
     ws = websocket.create_connection(f"ws://{host}/ws?clientId={comfy.client_id}", timeout=120)
     try:
@@ -581,12 +630,12 @@ def test_node_output_equals_the_core_api_for_the_same_seed(comfy, files, pair_mo
     from semantica_core.pipeline import sample_variations
 
     settings = dict(seed=4242, count=3, steps=4, guidance=2.5, sampler="dpmpp_2m", spacing="karras")
-    prompt = variation_prompt(pair_model, "semantica_example_photo.png", **settings)
+    prompt = variation_prompt(pair_model, "host_test_photo.png", **settings)
     node_images = comfy.get_images(comfy.run(prompt, timeout=300))
 
     # The core, on the same files; the image as LoadImage reads the uploaded PNG.
-    photo = torch.from_numpy(inputs["semantica_example_photo.png"].astype(np.float32) / 255.0)
-    encoder = load_encoder(files.path("semantica_encoders", "efficientnet-lite0.safetensors"))
+    photo = torch.from_numpy(inputs["host_test_photo.png"].astype(np.float32) / 255.0)
+    encoder = load_encoder(files.path("semantica_encoders", "random-efficientnet-lite0.safetensors"))
     with pytest.warns(UserWarning, match="no EMA weights"):
         model = load_checkpoint(files.path("semantica", pair_model), weights="ema")
     embeds = encoder(photo.movedim(-1, 0)[None])
@@ -635,7 +684,7 @@ def test_rgba_grayscale_tiny_and_odd_sized_inputs_work(comfy, pair_model, inputs
                                                                embeds=["22", 0])},
         "41": {"class_type": "SaveImage", "inputs": {"images": ["40", 0], "filename_prefix": "gray_sdedit"}},
         "2": {"class_type": "SemanticaUNetLoader", "inputs": {"model_name": pair_model, "weights": "raw"}},
-        "3": {"class_type": "SemanticaEncoderLoader", "inputs": {"encoder_name": "efficientnet-lite0.safetensors"}},
+        "3": {"class_type": "SemanticaEncoderLoader", "inputs": {"encoder_name": "random-efficientnet-lite0.safetensors"}},
     }
     history = comfy.run(prompt, timeout=300)
     shapes = {nid: [im.shape for im in comfy.get_images(history, node_id=nid)]
@@ -646,12 +695,12 @@ def test_rgba_grayscale_tiny_and_odd_sized_inputs_work(comfy, pair_model, inputs
 
 def test_a_batch_of_images_gives_variations_of_every_image(comfy, pair_model, inputs):
     def prompt(images, seed):
-        p = variation_prompt(pair_model, "semantica_small_photo.png", seed=seed, count=2, steps=2)
+        p = variation_prompt(pair_model, "host_test_small_photo.png", seed=seed, count=2, steps=2)
         p.update(images)
         p["4"]["inputs"]["image"] = ["b", 0]
         return p
 
-    both = {"a": {"class_type": "LoadImage", "inputs": {"image": "semantica_stroke_painting.png"}},
+    both = {"a": {"class_type": "LoadImage", "inputs": {"image": "host_test_stroke_painting.png"}},
             "b": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["a", 0]}}}
     batch = comfy.get_images(comfy.run(prompt(both, seed=60)))
     assert len(batch) == 4  # 2 images x 2 variations, row-major
@@ -666,11 +715,11 @@ def test_a_batch_of_images_gives_variations_of_every_image(comfy, pair_model, in
 
 def test_single_image_checkpoints_load_and_sdedit(comfy, files, inputs):
     name = files.ensure("semantica", "single-image-tiny.safetensors").name
-    history = comfy.run(sdedit_prompt(name, "semantica_stroke_painting.png", seed=3, steps=2), timeout=300)
+    history = comfy.run(sdedit_prompt(name, "host_test_stroke_painting.png", seed=3, steps=2), timeout=300)
     (image,) = comfy.get_images(history)
     assert image.shape == (240, 360, 3)
-    prompt = variation_prompt(name, "semantica_example_photo.png", seed=3, count=1, steps=1)
-    files.ensure("semantica_encoders", "efficientnet-lite0.safetensors")
+    prompt = variation_prompt(name, "host_test_photo.png", seed=3, count=1, steps=1)
+    files.ensure("semantica_encoders", "random-efficientnet-lite0.safetensors")
     assert_error(comfy, prompt, "SemanticaVariationSampler", "needs a pair-conditioned model", name, "SinDiffusion")
 
 
@@ -678,7 +727,7 @@ def test_single_image_checkpoints_load_and_sdedit(comfy, files, inputs):
 
 
 def test_missing_model_file_is_refused_before_running(comfy, comfy_models_dir, pair_model, inputs):
-    prompt = variation_prompt("missing.safetensors", "semantica_example_photo.png", seed=901)
+    prompt = variation_prompt("missing.safetensors", "host_test_photo.png", seed=901)
     with pytest.raises(PromptError) as rejected:
         comfy.queue_prompt(prompt)
     # ComfyUI 0.3.x repeats a validate_inputs failure for every input the check reads (model_name, weights)
@@ -697,11 +746,11 @@ def test_corrupt_and_pickled_checkpoints_get_errors_that_say_what_to_do(comfy, c
     torch.save({"weight": torch.zeros(3)}, folder / "pickled.safetensors")
     comfy.object_info(refresh=True)
 
-    message = assert_error(comfy, variation_prompt("corrupt.safetensors", "semantica_example_photo.png", 903),
+    message = assert_error(comfy, variation_prompt("corrupt.safetensors", "host_test_photo.png", 903),
                            "SemanticaUNetLoader", "corrupt.safetensors")
     assert "re-download or re-export" in message
     assert_serving(comfy, pair_model, inputs, seed=904)
-    message = assert_error(comfy, variation_prompt("pickled.safetensors", "semantica_example_photo.png", 905),
+    message = assert_error(comfy, variation_prompt("pickled.safetensors", "host_test_photo.png", 905),
                            "SemanticaUNetLoader", "pickled.safetensors", "PyTorch pickle")
     assert "never unpickles" in message and "safetensors" in message
     assert_serving(comfy, pair_model, inputs, seed=906)
@@ -711,12 +760,12 @@ def test_embeds_from_another_encoder_name_both_encoders(comfy, files, pair_model
     from semantica_core.encoders import read_encoder_spec
 
     other = files.ensure("semantica_encoders", "other-encoder.safetensors")
-    expected = read_encoder_spec(files.path("semantica_encoders", "efficientnet-lite0.safetensors")).encoder_id
-    prompt = variation_prompt(pair_model, "semantica_example_photo.png", seed=907, encoder=other.name)
+    expected = read_encoder_spec(files.path("semantica_encoders", "random-efficientnet-lite0.safetensors")).encoder_id
+    prompt = variation_prompt(pair_model, "host_test_photo.png", seed=907, encoder=other.name)
     assert_error(comfy, prompt, "SemanticaVariationSampler", read_encoder_spec(other).encoder_id, expected)
     assert_serving(comfy, pair_model, inputs, seed=908)
 
-    mix = variation_prompt(pair_model, "semantica_example_photo.png", seed=909)
+    mix = variation_prompt(pair_model, "host_test_photo.png", seed=909)
     mix["7"] = {"class_type": "SemanticaEncoderLoader", "inputs": {"encoder_name": other.name}}
     mix["8"] = {"class_type": "SemanticaEncodeImage", "inputs": {"encoder": ["7", 0], "image": ["1", 0]}}
     mix["9"] = {"class_type": "SemanticaEmbedsMix",
@@ -727,12 +776,12 @@ def test_embeds_from_another_encoder_name_both_encoders(comfy, files, pair_model
 
 
 def test_bad_combo_values_are_refused_before_running(comfy, pair_model, inputs):
-    prompt = variation_prompt(pair_model, "semantica_example_photo.png", seed=911, sampler="dpm_fancy")
+    prompt = variation_prompt(pair_model, "host_test_photo.png", seed=911, sampler="dpm_fancy")
     answer = comfy.queue_prompt(prompt, check=False)
     errors = answer["node_errors"]["5"]["errors"]
     assert errors and all(e["type"] == "custom_validation_failed" for e in errors)
     assert all("sampler 'dpm_fancy' is not one of: ddpm" in e["details"] for e in errors)
-    prompt = variation_prompt(pair_model, "semantica_example_photo.png", seed=911, count=0)
+    prompt = variation_prompt(pair_model, "host_test_photo.png", seed=911, count=0)
     answer = comfy.queue_prompt(prompt, check=False)
     assert [e["type"] for e in answer["node_errors"]["5"]["errors"]] == ["value_smaller_than_min"]
 
@@ -747,7 +796,7 @@ def test_clip_vision_embeds_match_a_model_initialised_from_the_same_weights(comf
     spec = read_encoder_spec(files.clip_encoder_file)
     assert spec.encoder_id.startswith("open_clip:ViT-L-14-quickgelu:")
     prompt = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "semantica_example_photo_b.png"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": "host_test_photo_b.png"}},
         "2": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "open_clip_vit_l14_openai.safetensors"}},
         "3": {"class_type": "CLIPVisionEncode",
               "inputs": {"clip_vision": ["2", 0], "image": ["1", 0], "crop": "center"}},

@@ -89,7 +89,7 @@ def test_cli_resume_continues_the_same_run(photo_file, tmp_path):
     assert main([str(photo_file), "--out", str(split), "--max-steps", "3", *common]) == 0
     assert state_path_for(split).is_file()
     # a second run without --resume must not silently discard the state
-    assert main([str(photo_file), "--out", str(split), "--max-steps", "6", *common]) == 1
+    assert main([str(photo_file), "--out", str(split), "--max-steps", "6", *common]) == 2
     assert main([str(photo_file), "--out", str(split), "--max-steps", "6", "--resume", "--device", "cpu"]) == 0
     a, b = load_checkpoint(straight), load_checkpoint(split)
     for (name, p), q in zip(a.network.state_dict().items(), b.network.state_dict().values()):
@@ -279,12 +279,13 @@ def test_eval_single_reports_median_and_spread(trained, photo_file, tmp_path):
     (result,) = report["models"]
     assert set(result["sifid"]) == {"mean", "median", "q25", "q75", "iqr"} and len(result["sifid_per_sample"]) == 4
     assert result["sifid"]["q25"] <= result["sifid"]["median"] <= result["sifid"]["q75"]
-    assert main([model.path, "--samples", "2", "--steps", "2", "--device", "cpu"]) == 1  # "chelsea" is no file
+    assert main([model.path, "--samples", "2", "--steps", "2", "--device", "cpu"]) == 2  # "chelsea" is no file
 
 
 # --- through a real ComfyUI server ---------------------------------------------------------------------------------
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO_ROOT / "workflows"
 
 
 def _workflow_prompt(comfy, name: str, image: str, train_size: int = 32, **node_inputs) -> dict:
@@ -311,7 +312,7 @@ def _output(comfy, history, api, class_type: str) -> list[np.ndarray]:
 @pytest.mark.host
 def test_host_sample_twice_the_training_width(comfy):
     photo = comfy.upload_image(_chelsea(), name="sindiffusion_chelsea.png")
-    api = _workflow_prompt(comfy, "sindiffusion_new_aspect_ratio.json", photo,
+    api = _workflow_prompt(comfy, "sindiffusion_train_your_photo.json", photo,
                            SinDiffusionSample={"width": 64, "height": 0, "count": 2, "steps": 4})
     history = comfy.run(api, timeout=600)
     images = _output(comfy, history, api, "SinDiffusionSample")
@@ -320,17 +321,19 @@ def test_host_sample_twice_the_training_width(comfy):
 
 
 @pytest.mark.host
-def test_host_outpaint_keeps_the_training_image_exactly(comfy):
-    photo = comfy.upload_image(_chelsea(), name="sindiffusion_chelsea.png")
-    api = _workflow_prompt(comfy, "sindiffusion_outpainting.json", photo,
-                           SinDiffusionOutpaint={"left": 4, "right": 12, "top": 3, "bottom": 0, "steps": 4})
-    train_id = next(nid for nid, node in api.items() if node["class_type"] == "SinDiffusionTrain")
-    api["99"] = {"class_type": "SaveImage", "inputs": {"images": [train_id, 1], "filename_prefix": "host_train_image"}}
+def test_host_outpaint_keeps_the_photo_exactly(comfy):
+    """The outpainting template on the embedded rocket model and the pack's example photo at the model's scale."""
+    from tools.hostctl import ui_to_api
+
+    api = ui_to_api(json.loads((WORKFLOWS / "sindiffusion_outpainting.json").read_text()), comfy.object_info())
+    (outpaint_id,) = [nid for nid, node in api.items() if node["class_type"] == "SinDiffusionOutpaint"]
+    api[outpaint_id]["inputs"]["steps"] = 4
     history = comfy.run(api, timeout=600)
     (out,) = _output(comfy, history, api, "SinDiffusionOutpaint")
-    (training_image,) = comfy.get_images(history, node_id="99")
-    assert training_image.shape == (21, 32, 3) and out.shape == (24, 48, 3)
-    assert np.array_equal(out[3:, 4:36], training_image)
+    photo = np.asarray(Image.open(REPO_ROOT / "assets" / "inputs" / "semantica_example_rocket.png").convert("RGB"))
+    left, right = api[outpaint_id]["inputs"]["left"], api[outpaint_id]["inputs"]["right"]
+    assert out.shape == (75, left + 112 + right, 3)
+    assert np.array_equal(out[:, left:left + 112], photo)
 
 
 @pytest.mark.host
@@ -347,28 +350,16 @@ def test_host_text_guided_and_harmonization_workflows_run(comfy, comfy_models_di
             model = open_clip.create_model("ViT-S-32")
         save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(clip_file))
     photo = comfy.upload_image(_chelsea(), name="sindiffusion_chelsea.png")
-    api = _workflow_prompt(comfy, "sindiffusion_text_guided.json", photo, SinDiffusionTextGuided={
+    api = _workflow_prompt(comfy, "with_your_files/sindiffusion_text_guided.json", photo, SinDiffusionTextGuided={
         "clip_name": clip_file.name, "clip_arch": "ViT-S-32", "count": 1, "steps": 3})
     (image,) = _output(comfy, comfy.run(api, timeout=600), api, "SinDiffusionTextGuided")
-    assert image.shape == (21, 32, 3)
+    assert image.shape == (75, 112, 3)  # the embedded rocket model's training size
 
-    rgba = np.dstack([_chelsea(), np.full(_chelsea().shape[:2], 255, np.uint8)])
-    rgba[60:200, 120:300, 3] = 0  # the paste area
-    background = comfy.upload_image(rgba, name="sindiffusion_paste_area.png")
-    import skimage.data
-
-    thing = comfy.upload_image(skimage.data.coffee(), name="sindiffusion_object.png")
     from tools.hostctl import ui_to_api
 
     api = ui_to_api(json.loads((WORKFLOWS / "sindiffusion_harmonization.json").read_text()), comfy.object_info())
     for node in api.values():
-        if node["class_type"] == "LoadImage":
-            node["inputs"]["image"] = background if "masked" in node["inputs"]["image"] else thing
-        if node["class_type"] == "SinDiffusionTrain":
-            node["inputs"].update(steps=5, size=32, preset="sindiffusion_tiny", model_name="host_test_harmonize")
-        if node["class_type"] == "SemanticaImagePrep":
-            node["inputs"].update(width=32, height=21)
         if node["class_type"] == "SemanticaSDEdit":
             node["inputs"]["steps"] = 3
     (image,) = _output(comfy, comfy.run(api, timeout=600), api, "SemanticaSDEdit")
-    assert image.shape == (21, 32, 3)
+    assert image.shape == (75, 112, 3)

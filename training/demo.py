@@ -7,8 +7,8 @@ What it does (several minutes on a busy 2-core CPU after `make setup`; --quick f
      - workflows/semantica_image_variations.json on held-out digits, with the pair-conditioned model and with its
        twin trained to reconstruct its condition (the paper's baseline), same seeds;
      - workflows/sdedit_stroke_painting.json on a coarse stroke painting made from a held-out digit;
-     - workflows/sindiffusion_new_aspect_ratio.json and sindiffusion_outpainting.json with the embedded SinDiffusion
-       model of scikit-image's rocket in place of their training node (a sample twice as wide, an outpaint);
+     - workflows/sindiffusion_new_aspect_ratio.json and sindiffusion_outpainting.json on the embedded SinDiffusion
+       model of scikit-image's rocket (a sample twice as wide, an outpaint);
   4. writes every image and a contact sheet (OUT/contact_sheet.png) and prints the metrics of
      `semantica eval variations` for the two models side by side (OUT/metrics.json).
 """
@@ -46,15 +46,6 @@ def load_demo_data_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def stroke_painting(digit: np.ndarray, cell: int = 4) -> np.ndarray:
-    """A coarse 'painting' of a [32, 32] uint8 digit: blocks of `cell` px where the digit has ink, as a child would
-    paint it with a broad brush; SDEdit must turn it back into a plausible digit."""
-    h, w = digit.shape
-    blocks = digit.reshape(h // cell, cell, w // cell, cell).mean((1, 3))
-    strokes = np.where(blocks > 80, 200, 0).astype(np.uint8)
-    return np.kron(strokes, np.ones((cell, cell), dtype=np.uint8))
 
 
 def prompt_nodes(api: dict, class_type: str) -> list[str]:
@@ -150,26 +141,11 @@ def run_sdedit(client, object_info, model_name: str, painting: np.ndarray, steps
 
 def training_picture(model_path: Path) -> np.ndarray:
     """The demo photo at the size and scale the SinDiffusion model was trained on (outpainting keeps that scale)."""
-    import torch
-
     from semantica_core.checkpoint import load_checkpoint
-    from semantica_core.single_image import prepare_training_image, training_size
+    from semantica_core.single_image import training_size
 
-    max_side = max(training_size(load_checkpoint(model_path)))
-    photo = torch.from_numpy(load_demo_data_module().demo_photo().copy()).permute(2, 0, 1).float().div(255)
-    prepared = prepare_training_image(photo, max_side)[0].add(1).mul(127.5).round().clamp(0, 255)
-    return prepared.byte().permute(1, 2, 0).numpy()
-
-
-def use_embedded_model(api: dict, model_name: str, load_image_id: str) -> None:
-    """Swaps the workflow's SinDiffusionTrain node for a loader of the embedded model, in place: its model output
-    (0) becomes the loader's; its training-image output (1) becomes the LoadImage's (given the training picture)."""
-    (train_id,) = prompt_nodes(api, "SinDiffusionTrain")
-    api[train_id] = {"class_type": "SemanticaUNetLoader", "inputs": {"model_name": model_name, "weights": "ema"}}
-    for node in api.values():
-        for key, value in node["inputs"].items():
-            if value == [train_id, 1]:
-                node["inputs"][key] = [load_image_id, 0]
+    data = load_demo_data_module()
+    return data.training_scale(data.demo_photo(), max(training_size(load_checkpoint(model_path))))
 
 
 SINGLE_WORKFLOWS = (  # workflow, title, node -> inputs (sizes relative to the training picture's width)
@@ -192,9 +168,9 @@ def run_single(client, object_info, models_dir: Path, seed: int, quick: bool):
     height, width = picture.shape[:2]
     rows = [(f"SinDiffusion training picture ({width}x{height}, scikit-image rocket)", [picture])]
     for workflow, title, settings in SINGLE_WORKFLOWS:
-        api = load_workflow(workflow, object_info)
-        load_id = set_inputs(api, "LoadImage", image=name)
-        use_embedded_model(api, SINGLE_MODEL, load_id)
+        api = load_workflow(workflow, object_info)  # the templates load the embedded model
+        if prompt_nodes(api, "LoadImage"):
+            set_inputs(api, "LoadImage", image=name)
         for class_type, values in settings.items():
             values = values(width)
             if quick:
@@ -300,7 +276,7 @@ def main(argv=None) -> int:
 
         t = time.perf_counter()
         # A 7 (simple strokes) when one is among the digits.
-        painting = stroke_painting(digits[list(labels).index(7)] if 7 in labels else digits[0])
+        painting = data_module.stroke_painting(digits[list(labels).index(7)] if 7 in labels else digits[0])
         edited = run_sdedit(client, object_info, PAIRS_MODEL, painting, args.steps, args.seed)
         timings["sdedit_seconds"] = round(time.perf_counter() - t, 1)
         rows.append(("stroke painting -> SDEdit (strength 0.6, 3 seeds)", [painting] + edited))

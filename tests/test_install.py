@@ -1,0 +1,90 @@
+"""A lean install for artists: requirements.txt (what ComfyUI-Manager installs) pulls no training-only package, and
+what the nodes import at run time is in it."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAINING_ONLY = {"accelerate", "tensorboard", "diffusers", "tqdm", "yaml", "pyyaml", "mlxtend", "scikit-image",
+                 "playwright", "pytest"}
+# import name -> distribution in requirements.txt (torch and torchvision are ComfyUI's own)
+RUNTIME = {"safetensors": "safetensors", "open_clip": "open_clip_torch", "timm": "timm", "kornia": "kornia",
+           "numpy": "numpy", "PIL": "pillow", "torch": None, "torchvision": None}
+
+
+def _optional_imports(tree: ast.AST) -> set[int]:
+    """ids of the import statements inside a `try:` that handles ImportError (a package the code can do without)."""
+    optional = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                for h in node.handlers):
+            optional |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return optional
+
+
+def _imports(folder: Path) -> dict[str, set[str]]:
+    """Top-level module names imported anywhere (module level or inside functions) in the .py files of `folder`,
+    except optional imports (see _optional_imports)."""
+    found: dict[str, set[str]] = {}
+    for path in folder.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        optional = _optional_imports(tree)
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO_ROOT)))
+    return found
+
+
+def _requirements() -> set[str]:
+    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    names = set()
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            names.add(line.split(">")[0].split("=")[0].split("<")[0].strip().lower())
+    return names
+
+
+def test_nodes_and_core_import_no_training_package_and_only_what_requirements_list():
+    requirements = _requirements()
+    stdlib = set(sys.stdlib_module_names)
+    own = {"semantica_core", "nodes", "comfy", "comfy_api", "folder_paths", "comfy_extras", "latent_preview",
+           "node_helpers"}  # the pack's own modules and the host's
+    for folder in ("nodes", "semantica_core"):
+        for name, files in _imports(REPO_ROOT / folder).items():
+            assert name not in TRAINING_ONLY and name != "training", f"{sorted(files)} import {name}"
+            if name in stdlib or name in own or name == "__future__":
+                continue
+            assert name in RUNTIME, f"{sorted(files)} import {name}, which requirements.txt does not list"
+            if RUNTIME[name] is not None:
+                assert RUNTIME[name].lower() in requirements, f"requirements.txt lacks {RUNTIME[name]} ({name})"
+
+
+def test_requirements_resolve_without_training_packages(tmp_path):
+    """What `pip install -r requirements.txt` would install into a clean venv that has torch (a dry run)."""
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--dry-run", "--ignore-installed",
+         "--quiet", "--report", str(report), "-r", str(REPO_ROOT / "requirements.txt"), "torch", "torchvision"],
+        capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and any(word in done.stderr for word in ("Could not fetch", "connection", "resolve")):
+        pytest.skip(f"the package registry cannot be reached for the dry run: {done.stderr.strip()[-300:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    installed = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"open_clip_torch", "timm", "safetensors", "kornia"} <= installed
+    pulled = installed & (TRAINING_ONLY - {"tqdm", "pyyaml"})  # tqdm and PyYAML come with open_clip and timm
+    assert not pulled, f"requirements.txt pulls training-only packages: {sorted(pulled)}"
