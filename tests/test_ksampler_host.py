@@ -104,19 +104,19 @@ def record(name: str, value, tmp_path_factory=None):
 
 @pytest.fixture(scope="module")
 def heldout_digits():
-    """Two held-out MNIST digits of each class (the demo split: never trained on), as ([20, 32, 32] uint8, labels)."""
+    """One held-out MNIST digit of each class (the demo split: never trained on), as ([10, 32, 32] uint8, labels)."""
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import make_demo_data
 
     digits, labels = make_demo_data.load_mnist()
     held = make_demo_data.heldout_indices(labels, 500, 0)
-    chosen = [i for c in range(10) for i in [j for j in held if labels[j] == c][:2]]
+    chosen = [i for c in range(10) for i in [j for j in held if labels[j] == c][:PER_CLASS]]
     return digits[chosen], labels[chosen]
 
 
 @pytest.fixture(scope="module")
 def digits_input(comfy, heldout_digits, tmp_path_factory) -> str:
-    """The 20 held-out digits as one multi-page TIFF: LoadImage reads every page into one IMAGE batch."""
+    """The held-out digits as one multi-page TIFF: LoadImage reads every page into one IMAGE batch."""
     path = tmp_path_factory.mktemp("ksampler-inputs") / "semantica_heldout_digits.tiff"
     frames = [Image.fromarray(d).convert("RGB") for d in heldout_digits[0]]
     frames[0].save(path, save_all=True, append_images=frames[1:])
@@ -146,18 +146,17 @@ def consistency(classifier, images: np.ndarray, labels: np.ndarray, condition_of
 
 KSAMPLER_RUNS = [  # (sampler, scheduler): six samplers (ODE, ancestral, SDE, multistep) and three schedulers
     ("euler", "karras"), ("euler_ancestral", "karras"), ("heun", "karras"), ("dpmpp_2m", "karras"),
-    ("dpmpp_2m_sde", "karras"), ("uni_pc", "karras"),
-    ("euler_ancestral", "simple"), ("dpmpp_2m", "simple"), ("euler_ancestral", "normal"), ("dpmpp_2m", "normal"),
+    ("dpmpp_2m_sde", "karras"), ("uni_pc", "karras"), ("euler_ancestral", "simple"), ("euler_ancestral", "normal"),
 ]
-OUR_RUNS = [("euler", "karras"), ("euler_ancestral", "karras"), ("heun", "karras"), ("dpmpp_2m", "karras"),
-            ("euler_ancestral", "uniform")]
+OUR_RUNS = [("euler", "karras"), ("euler_ancestral", "karras"), ("dpmpp_2m", "karras"), ("euler_ancestral", "uniform")]
 STEPS, GUIDANCE = 20, 3.0
+PER_CLASS = int(os.environ.get("SEMANTICA_KSAMPLER_PER_CLASS", "1"))  # conditions per digit class (2 x as many images)
 
 
 def test_ksampler_variations_keep_the_condition_class_as_our_node_does(comfy, digits_input, heldout_digits,
                                                                        classifier):
-    """20 held-out digits x 2 variations each, through KSampler (latent batch 40: image i has condition i % 20)
-    and through our Variations node (image i has condition i // 2), same steps and guidance."""
+    """Held-out digits x 2 variations each, through KSampler (latent batch 2n: image i has condition i % n) and
+    through our Variations node (image i has condition i // 2), same steps and guidance."""
     _, labels = heldout_digits
     n = len(labels)
     conditioning = conditioning_nodes(digits_input)
