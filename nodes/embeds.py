@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 from .clip_vision import TOKEN_SOURCES
 from .convert import image_to_core
+from .dependencies import needs_packages
 from .loaders import EncoderSocket
 from .model import load_to_compute_device, patcher_of
 
@@ -74,7 +75,9 @@ class SemanticaClipVisionEmbeds(io.ComfyNode):
     def execute(cls, clip_vision, clip_vision_output, tokens) -> io.NodeOutput:
         from .clip_vision import clip_vision_embeds
 
-        return io.NodeOutput(_to_intermediate(clip_vision_embeds(clip_vision, clip_vision_output, tokens)))
+        with needs_packages("Semantica CLIP Vision Embeds"):
+            embeds = clip_vision_embeds(clip_vision, clip_vision_output, tokens)
+        return io.NodeOutput(_to_intermediate(embeds))
 
 
 class SemanticaEmbedsMix(io.ComfyNode):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from .dependencies import needs_packages
 from .folders import ENCODERS, MODELS, model_file_list, resolve_model_file
 from .model import ManagedModel, ModelSocket
 
@@ -39,9 +40,10 @@ class SemanticaEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, encoder_name) -> io.NodeOutput:
-        from semantica_core.encoders import load_encoder  # heavy backends (open_clip, timm) load on first use
+        with needs_packages("Semantica Load Encoder"):
+            from semantica_core.encoders import load_encoder  # heavy backends (open_clip, timm) load on first use
 
-        return io.NodeOutput(load_encoder(resolve_model_file(ENCODERS, encoder_name)))
+            return io.NodeOutput(load_encoder(resolve_model_file(ENCODERS, encoder_name)))
 
 
 class SemanticaUNetLoader(io.ComfyNode):

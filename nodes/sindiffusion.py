@@ -18,6 +18,7 @@ from comfy_api.latest import io
 from semantica_core.diffusion import SAMPLERS
 
 from .convert import core_to_image, image_to_core
+from .dependencies import needs_packages
 from .folders import MODELS, resolve_model_file
 from .model import ManagedModel, ModelSocket
 from .progress import SamplingProgress
@@ -315,7 +316,8 @@ class SinDiffusionTextGuided(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip_name, clip_arch, prompt, scale, width, height, seed, count, steps,
                 sampler) -> io.NodeOutput:
-        from semantica_core.text_guidance import load_clip, sample_text_guided
+        with needs_packages("SinDiffusion Text Guided"):
+            from semantica_core.text_guidance import load_clip, sample_text_guided
 
         if not prompt.strip():
             raise ValueError("SinDiffusion Text Guided: the prompt is empty; describe what the samples should show")
@@ -324,7 +326,8 @@ class SinDiffusionTextGuided(io.ComfyNode):
         path = resolve_model_file(CLIP_FOLDER, clip_name)
         # The CLIP gradient needs autograd, which ComfyUI's inference_mode turns off.
         with torch.inference_mode(False):
-            clip_model, tokenizer = load_clip(clip_arch, path, device=model.device)
+            with needs_packages("SinDiffusion Text Guided"):
+                clip_model, tokenizer = load_clip(clip_arch, path, device=model.device)
             images = run_on_host(model, lambda: sample_text_guided(
                 loaded, prompt, clip_model, tokenizer, scale, seed=seed, count=count, width=width or None,
                 height=height or None, steps=steps, sampler=sampler, callback=SamplingProgress(),

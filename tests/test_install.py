@@ -88,3 +88,41 @@ def test_requirements_resolve_without_training_packages(tmp_path):
     assert {"open_clip_torch", "timm", "safetensors", "kornia"} <= installed
     pulled = installed & (TRAINING_ONLY - {"tqdm", "pyyaml"})  # tqdm and PyYAML come with open_clip and timm
     assert not pulled, f"requirements.txt pulls training-only packages: {sorted(pulled)}"
+
+
+@pytest.mark.host
+def test_a_missing_optional_package_disables_only_the_nodes_that_need_it(tmp_path, monkeypatch):
+    """A ComfyUI whose Python lacks open_clip: the pack loads, the variation template runs (its encoder is timm's),
+    and the text-guided node says which package to install; the server keeps serving."""
+    from tools.hostctl import ComfyServer, pack_node_ids, ui_to_api
+
+    shim = tmp_path / "shim" / "open_clip"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'open_clip'\", name='open_clip')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shim.parent))
+    with ComfyServer(tmp_path / "base", log_path=tmp_path / "comfyui.log", cpu=True) as server:
+        server.check_nodes(pack_node_ids())
+        client = server.client()
+        info = client.object_info()
+        workflow = json.loads((REPO_ROOT / "workflows" / "semantica_image_variations.json").read_text())
+        api = ui_to_api(workflow, info)
+        for node in api.values():
+            if node["class_type"] == "SemanticaVariationSampler":
+                node["inputs"].update(steps=2, count=1)
+        assert client.run(api, timeout=600)["status"]["status_str"] == "success"
+        clip_dir = tmp_path / "base" / "models" / "open_clip"
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        (clip_dir / "clip.safetensors").write_bytes(b"")  # never read: the import fails first
+        prompt = {
+            "1": {"class_type": "SemanticaUNetLoader",
+                  "inputs": {"model_name": "sindiffusion-rocket.safetensors", "weights": "ema"}},
+            "2": {"class_type": "SinDiffusionTextGuided",
+                  "inputs": {"model": ["1", 0], "clip_name": "clip.safetensors", "clip_arch": "ViT-B-32",
+                             "prompt": "a red sky", "scale": 0.05, "width": 0, "height": 0, "seed": 0, "count": 1,
+                             "steps": 2, "sampler": "ddpm"}},
+            "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+        }
+        history = client.run(prompt, timeout=300, check=False)
+        message = next(m for kind, m in history["status"]["messages"] if kind == "execution_error")
+        assert "open_clip_torch" in message["exception_message"] and "requirements.txt" in message["exception_message"]
+        assert client.run(api, timeout=600)["status"]["status_str"] == "success"
