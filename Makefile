@@ -10,13 +10,21 @@ COMFY_BASE := $(SEMANTICA_HOME)/comfy-base
 # Tests and the demo never reach a model hub: fail at once instead of hanging.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test demo demo-models comfyui bench clean
+.PHONY: setup test test-fast thumbnails demo demo-models comfyui bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
+
+# The unit tests only: no ComfyUI server, no browser, no training runs.
+test-fast: setup
+	$(PYTHON) -m pytest -ra -m "not host and not slow" $(PYTEST_ARGS)
+
+# Each template's thumbnail (workflows/<name>.jpg) and screenshot (out/browser/) from a run in the real page.
+thumbnails: setup
+	$(PYTHON) -m tools.frontend --thumbnails --screenshots out/browser
 
 demo: setup
 	$(PYTHON) -m training.demo --out out/demo
