@@ -67,9 +67,10 @@ class SemanticaModelConfig(comfy.supported_models_base.BASE):
 class SemanticaDiffusionModel(nn.Module):
     """The core network in ComfyUI's `diffusion_model(x, t, context=..., **extra_conds)` call."""
 
-    def __init__(self, network: nn.Module, conditioned: bool):
+    def __init__(self, denoiser: nn.Module, conditioned: bool):
         super().__init__()
-        self.network = network
+        self.network = denoiser.network
+        self._denoiser = (denoiser,)  # not a submodule: its network is registered once, above
         self.conditioned = conditioned
 
     @property
@@ -82,9 +83,17 @@ class SemanticaDiffusionModel(nn.Module):
         if self.conditioned and null is not None and not bool((null > 0.5).all()):
             # Null rows get the learned null condition inside the network, as in the core's guidance batch.
             condition = {"tokens": context, "pooled": conds[POOLED], "drop_cond": null > 0.5}
+        # The network runs as the Denoiser runs it (its precision switch: autocast and memory format, where the
+        # core has one), so KSampler and our sampler nodes compute the same numbers.
+        resolve = getattr(self._denoiser[0], "resolved_precision", None)
+        precision = resolve(x.device) if resolve is not None else None
         # Cancel takes effect between network blocks, not only between steps.
         with block_check(comfy.model_management.throw_exception_if_processing_interrupted):
-            return network_on_any_size(self.network, x, timesteps, **condition)
+            if precision is None:
+                return network_on_any_size(self.network, x, timesteps, **condition)
+            with precision.autocast():
+                out = network_on_any_size(self.network, precision.input(x), timesteps, **condition)
+            return out.contiguous()
 
 
 class SemanticaBaseModel(comfy.model_base.BaseModel):
@@ -98,7 +107,7 @@ class SemanticaBaseModel(comfy.model_base.BaseModel):
         super().__init__(config, model_type=model_type)
         self.semantica = model
         self.semantica_name = name
-        self.diffusion_model = SemanticaDiffusionModel(model.network, model.kind == "pair_conditioned")
+        self.diffusion_model = SemanticaDiffusionModel(model.denoiser, model.kind == "pair_conditioned")
         # SinDiffusion's sampler clamps x0 to the image range (single_image.clipped_denoiser); so does this one.
         self.model_sampling = ModelSampling(model.denoiser.config, clamp_denoised=model.kind == "single_image")
         self.base_channels = int(model.network_config.get("base_channels", 64))

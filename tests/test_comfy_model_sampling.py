@@ -1,0 +1,95 @@
+"""ComfyUI's schedulers and BaseModel.apply_model on our MODEL against semantica_core, in this process.
+
+Imports the set-up's ComfyUI tree (comfy/, not the server) to call its own scheduler functions and its
+`_apply_model` on the MODEL the bridge builds; skipped where the tree is missing.
+"""
+import sys
+
+import pytest
+import torch
+
+from tools.hostctl import REPO_ROOT, default_comfy_dir
+
+pytestmark = pytest.mark.host
+
+COMFY_DIR = default_comfy_dir()
+if not (COMFY_DIR / "comfy" / "samplers.py").exists():
+    pytest.skip(f"no ComfyUI tree at {COMFY_DIR} (run make setup)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def comfy_modules():
+    if str(COMFY_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFY_DIR))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # before comfy.model_management picks a device
+    import importlib.util
+
+    import comfy.samplers
+
+    # By path: ComfyUI's own nodes.py takes the name `nodes` on this sys.path.
+    spec = importlib.util.spec_from_file_location("semantica_comfy_model", REPO_ROOT / "nodes" / "comfy_model.py")
+    comfy_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(comfy_model)
+    return comfy.samplers, comfy_model
+
+
+def _checkpoint(tmp_path, kind: str, prediction: str):
+    from semantica_core.checkpoint import load_checkpoint, save_checkpoint
+    from semantica_core.diffusion import DiffusionConfig, ScheduleConfig
+    from semantica_core.networks import PatchUNetConfig, build_network
+
+    config = PatchUNetConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    torch.manual_seed(0)
+    network = build_network("single_image", config)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.normal_(0.0, 0.05)  # zero-initialised output layers would make every prediction 0
+    diffusion = DiffusionConfig(schedule=ScheduleConfig(kind=kind, resolution=128), prediction=prediction)
+    path = save_checkpoint(tmp_path / f"{kind}-{prediction}.safetensors", kind="single_image", network_config=config,
+                           diffusion_config=diffusion, state_dict=network.state_dict())
+    return load_checkpoint(path, weights="raw")
+
+
+@pytest.mark.parametrize("kind", ["vp_linear", "vp_cosine", "vp_shifted_cosine", "ve"])
+def test_comfyui_schedulers_give_our_noise_levels(comfy_modules, kind):
+    from semantica_core.diffusion import DiffusionConfig, ModelSampling, NoiseSchedule, ScheduleConfig, get_sigmas
+
+    samplers, _ = comfy_modules
+    config = DiffusionConfig(schedule=ScheduleConfig(kind=kind, resolution=128))
+    sampling, schedule = ModelSampling(config), NoiseSchedule(config.schedule)
+    for steps in (10, 20, 50):
+        assert torch.allclose(samplers.calculate_sigmas(sampling, "simple", steps),
+                              get_sigmas(schedule, steps, "uniform"), rtol=1e-6)
+        assert torch.allclose(samplers.calculate_sigmas(sampling, "karras", steps),
+                              get_sigmas(schedule, steps, "karras"), rtol=1e-5)
+    for name in samplers.SCHEDULER_NAMES:  # every scheduler runs and descends to 0
+        sigmas = samplers.calculate_sigmas(sampling, name, 12)
+        assert sigmas[-1] == 0 and bool((sigmas.diff() <= 0).all()), name
+        assert float(sigmas[0]) <= float(sampling.sigma_max) * (1 + 1e-3), name  # kl_optimal: tan near pi/2
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("kind", ["vp_linear", "vp_cosine", "ve"])
+def test_apply_model_is_our_denoiser(comfy_modules, tmp_path, kind, prediction):
+    """ComfyUI's BaseModel._apply_model (calculate_input, timestep, network, calculate_denoised) on our MODEL gives
+    the core's x0, at a latent size that is no multiple of the network's (padded and cropped back)."""
+    _, comfy_model = comfy_modules
+    model = _checkpoint(tmp_path, kind, prediction)
+    base = comfy_model.comfy_model(model, "test").model
+    g = torch.Generator().manual_seed(1)
+    sigma = torch.tensor([0.3, 2.0, 40.0])
+    x = torch.randn(3, 3, 16, 16, generator=g) * (1 + sigma.reshape(-1, 1, 1, 1))
+    with torch.no_grad():
+        theirs = base.apply_model(x, sigma, c_crossattn=torch.zeros(3, 1, 1))
+        ours = model.denoiser(x, sigma).clamp(-1, 1)  # single-image models clamp x0, as their sampler does
+        # float32 rounding of the network, times sigma up to 40 for eps: 1e-5 of |x|
+        assert torch.allclose(theirs, ours, atol=5e-4), (theirs - ours).abs().flatten(1).max(1).values
+        odd = x[..., :15, :13]
+        m = model.network.required_multiple()
+        ph, pw = -(-15 // m) * m - 15, -(-13 // m) * m - 13
+        assert ph or pw
+        padded = torch.nn.functional.pad(odd, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect")
+        expected = model.denoiser(padded, sigma).clamp(-1, 1)[..., ph // 2 : ph // 2 + 15, pw // 2 : pw // 2 + 13]
+        assert torch.allclose(base.apply_model(odd, sigma), expected, atol=5e-4)
