@@ -34,6 +34,7 @@ from .checkpoint import (
 from .diffusion import BatchNoise, Denoiser, DiffusionConfig, ScheduleConfig, get_sigmas, sample, sdedit
 from .memory import check_fits, check_sampling_fits, training_bytes
 from .networks import PatchUNet, PatchUNetConfig
+from .precision import PRECISIONS, resolve_precision
 
 # Network, image size, training length and prediction per preset. "sindiffusion" is the paper's: receptive field
 # 101 px (about 40% of a 250 px image), 50k iterations, eps prediction. The tiny one keeps that ratio (45 px of
@@ -73,7 +74,7 @@ class SingleImageTrainConfig:
     lr: float = 5e-4
     ema_decay: float = 0.9999
     seed: int = 0
-    mixed_precision: str = "bf16"  # "bf16" autocast on CUDA, or "no"; the CPU always trains in float32
+    precision: str = "auto"  # auto | bf16 | fp32: the network's forward (semantica_core.precision)
 
     def __post_init__(self):
         if self.max_side < 8:
@@ -82,8 +83,8 @@ class SingleImageTrainConfig:
             raise ValueError(f"need 0 < scale_min <= scale_max; got {self.scale_min}, {self.scale_max}")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("batch_size must be >= 1, lr > 0 and ema_decay in [0, 1)")
-        if self.mixed_precision not in ("bf16", "no"):
-            raise ValueError(f"mixed_precision must be 'bf16' or 'no'; got {self.mixed_precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         PatchUNetConfig.from_dict(self.network)  # fail early on a bad network config
         DiffusionConfig.from_dict(self.diffusion)
 
@@ -107,6 +108,9 @@ class SingleImageTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SingleImageTrainConfig":
+        data = dict(data)
+        if "mixed_precision" in data:  # state files before the precision switch: "no" meant float32 everywhere
+            data.setdefault("precision", "fp32" if data.pop("mixed_precision") == "no" else "auto")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -250,9 +254,10 @@ def train_single_image(
             raise ValueError("train_single_image needs an image and a config, or a state to continue")
         state = init_train_state(image, config, device)
     config, network, device = state.config, state.network, state.device
-    denoiser = Denoiser(network, DiffusionConfig.from_dict(config.diffusion))
+    # Only the forward runs in bf16: weights, gradients, AdamW state and the EMA (NCHW) stay float32.
+    precision = resolve_precision(config.precision, device)
+    denoiser = Denoiser(network, DiffusionConfig.from_dict(config.diffusion), precision)
     multiple = math.lcm(config.size_multiple, network.required_multiple())
-    autocast = device.type == "cuda" and config.mixed_precision == "bf16"
     height, width = state.image.shape[-2:]
     largest = [_round_up(round(side * config.scale_max), multiple) for side in (height, width)]  # the biggest batch
     check_fits(
@@ -264,8 +269,7 @@ def train_single_image(
     while state.step < steps:
         x0 = random_rescale(state.image, state.data_generator, config, multiple)
         x0 = x0.expand(config.batch_size, -1, -1, -1).contiguous()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = denoiser.loss(x0, generator=state.noise_generator)
+        loss = denoiser.loss(x0, generator=state.noise_generator)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()

@@ -1,8 +1,14 @@
 """`semantica bench`: the pack's performance claims, measured side by side in one run, printed as one table.
 
+  precision  the fast path (precision auto: bf16 autocast + channels-last where the device has native bf16)
+             against float32 NCHW in the same run, for training and sampling of both networks, with the roofline
+             fraction of each (FLOPs of the step over the peak this run measures for a large matmul in the same
+             dtype): benchmarks/bench_precision.py.
   unet       training throughput (forward, backward, AdamW step) of PairConditionedUNet against diffusers'
-             UNet2DConditionModel of matched size: benchmarks/bench_unet.py, run as it is; and sampling throughput
-             (forward only, no grad) of the same two networks, built with bench_unet.diffusers_twin.
+             UNet2DConditionModel of matched size: benchmarks/bench_unet.py, run as it is, once in float32 NCHW
+             (the same-mode ratio) and once with bf16 autocast + channels-last; the ratio of each side's faster
+             mode beside it; and sampling throughput (forward only, no grad) of the same two networks in both modes,
+             built with bench_unet.diffusers_twin.
   node       time per variation through the ComfyUI node on a real server against a direct semantica_core call:
              benchmarks/bench_node_overhead.py, run as it is.
   samplers   network evaluations each sampler needs to reach the quality of 1000-step DDPM on the embedded MNIST
@@ -23,7 +29,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "benchmarks"
-PARTS = ("unet", "node", "samplers")
+PARTS = ("precision", "unet", "node", "samplers")
+MODES = {"fp32": [], "bf16": ["--dtype", "bf16", "--channels-last"]}  # bench_unet.py flags of each mode
 
 
 def _run_script(script: str, args: list[str], timeout: float) -> tuple[int, str]:
@@ -38,23 +45,40 @@ def _run_script(script: str, args: list[str], timeout: float) -> tuple[int, str]
 
 
 def bench_unet_training(preset: str, batch: int, repeats: int, device: str, timeout: float) -> list[tuple]:
-    code, out = _run_script("bench_unet.py", ["--device", device, "--preset", preset, "--batch", str(batch),
-                                              "--repeats", str(repeats), "--warmup", "2"], timeout)
-    rows = {}
-    for name in ("ours", "diffusers"):
-        match = re.search(rf"^{name}\s+([\d.]+)\s+[\d.]+\s+([\d.]+)", out, re.M)
-        if match:
-            rows[name] = float(match.group(2))
-    if code != 0 or len(rows) != 2:
-        return [("training throughput (images/s)", "failed", "", out.strip().splitlines()[-1] if out.strip() else "")]
-    params = re.search(r"parameters: ours ([\d.]+)M, diffusers ([\d.]+)M", out)
-    note = f"{preset}, batch {batch}, fwd+bwd+AdamW; params {params.group(1)}M vs {params.group(2)}M" if params else preset
-    return [("training throughput (images/s)", f"{rows['ours']:.1f}", f"{rows['diffusers']:.1f}",
-             f"ratio {rows['ours'] / rows['diffusers']:.2f}; {note}")]
+    """bench_unet.py in each mode, then the ratio of each side at its faster mode."""
+    table, rates = [], {}
+    for mode, flags in MODES.items():
+        code, out = _run_script("bench_unet.py", ["--device", device, "--preset", preset, "--batch", str(batch),
+                                                  "--repeats", str(repeats), "--warmup", "2", *flags], timeout)
+        rows = {}
+        for name in ("ours", "diffusers"):
+            match = re.search(rf"^{name}\s+([\d.]+)\s+[\d.]+\s+([\d.]+)", out, re.M)
+            if match:
+                rows[name] = float(match.group(2))
+        if code != 0 or len(rows) != 2:
+            tail = out.strip().splitlines()[-1] if out.strip() else ""
+            table.append((f"training throughput, {mode} (images/s)", "failed", "", tail))
+            continue
+        rates[mode] = rows
+        params = re.search(r"parameters: ours ([\d.]+)M, diffusers ([\d.]+)M", out)
+        note = f"{preset}, batch {batch}, fwd+bwd+AdamW; params {params.group(1)}M vs {params.group(2)}M" if params else preset
+        table.append((f"training throughput, {mode} (images/s)", f"{rows['ours']:.1f}", f"{rows['diffusers']:.1f}",
+                      f"ratio {rows['ours'] / rows['diffusers']:.2f}; {note}"))
+    return table + best_mode_row("training", rates)
+
+
+def best_mode_row(what: str, rates: dict) -> list[tuple]:
+    """One row: each side at the mode that is fastest for it in this run (rates: mode -> {"ours", "diffusers"})."""
+    if len(rates) < 2:
+        return []
+    best = {name: max(rates, key=lambda mode: rates[mode][name]) for name in ("ours", "diffusers")}
+    ours, theirs = rates[best["ours"]]["ours"], rates[best["diffusers"]]["diffusers"]
+    return [(f"{what}, each at its fastest mode", f"{ours:.1f}", f"{theirs:.1f}",
+             f"ratio {ours / theirs:.2f}; ours {best['ours']}, diffusers {best['diffusers']}")]
 
 
 def bench_unet_sampling(preset: str, batch: int, repeats: int, device: str) -> list[tuple]:
-    """Forward-only throughput of both networks (what a sampler step costs), interleaved like bench_unet."""
+    """Forward-only throughput of both networks (what a sampler step costs) in each mode, all interleaved."""
     import torch
 
     sys.path.insert(0, str(BENCH_DIR))
@@ -66,31 +90,62 @@ def bench_unet_sampling(preset: str, batch: int, repeats: int, device: str) -> l
     cfg = network_preset(preset, token_dim=1280, pooled_dim=1280)
     torch.manual_seed(0)
     dev = torch.device(device)
-    ours = PairConditionedUNet(cfg).to(dev).eval()
-    theirs = diffusers_twin(cfg).to(dev).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, cfg.resolution, cfg.resolution, generator=g).to(dev)
     c_noise = (torch.rand(batch, generator=g) * 999).to(dev)
     tokens = torch.randn(batch, 49, 1280, generator=g).to(dev)
     pooled = torch.randn(batch, 1280, generator=g).to(dev)
-    calls = {"ours": lambda: ours(x, c_noise, tokens, pooled),
-             "diffusers": lambda: theirs(x, c_noise, encoder_hidden_states=tokens, class_labels=pooled).sample}
-    times = {name: [] for name in calls}
+    calls = {}
+    for mode in MODES:
+        fast = mode == "bf16"
+        layout = torch.channels_last if fast else torch.contiguous_format
+        ours = PairConditionedUNet(cfg).to(dev, memory_format=layout).eval()
+        theirs = diffusers_twin(cfg).to(dev, memory_format=layout).eval()
+        xm = x.contiguous(memory_format=layout)
+
+        def run(f, fast=fast):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=fast):
+                return f()
+
+        calls[(mode, "ours")] = lambda ours=ours, xm=xm, run=run: run(lambda: ours(xm, c_noise, tokens, pooled))
+        calls[(mode, "diffusers")] = lambda theirs=theirs, xm=xm, run=run: run(
+            lambda: theirs(xm, c_noise, encoder_hidden_states=tokens, class_labels=pooled).sample)
+    times = {key: [] for key in calls}
     with torch.no_grad():
-        for name in calls:
-            calls[name]()  # warm-up
+        for key in calls:
+            calls[key]()  # warm-up
         for i in range(repeats):
-            for name in (list(calls) if i % 2 == 0 else list(calls)[::-1]):
+            for key in (list(calls) if i % 2 == 0 else list(calls)[::-1]):
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 start = time.perf_counter()
-                calls[name]()
+                calls[key]()
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
-                times[name].append(time.perf_counter() - start)
-    rate = {name: batch / statistics.median(t) for name, t in times.items()}
-    return [("sampling throughput (images x steps/s)", f"{rate['ours']:.1f}", f"{rate['diffusers']:.1f}",
-             f"ratio {rate['ours'] / rate['diffusers']:.2f}; {preset}, batch {batch}, forward only")]
+                times[key].append(time.perf_counter() - start)
+    rates = {mode: {name: batch / statistics.median(times[(mode, name)]) for name in ("ours", "diffusers")}
+             for mode in MODES}
+    rows = [(f"sampling throughput, {mode} (images x steps/s)", f"{r['ours']:.1f}", f"{r['diffusers']:.1f}",
+             f"ratio {r['ours'] / r['diffusers']:.2f}; {preset}, batch {batch}, forward only")
+            for mode, r in rates.items()]
+    return rows + best_mode_row("sampling", rates)
+
+
+def bench_precision(device: str, repeats: int) -> list[tuple]:
+    """benchmarks/bench_precision.py in this process: the fast path against float32 NCHW, with the roofline."""
+    sys.path.insert(0, str(BENCH_DIR))
+    import bench_precision as bp  # noqa: E402
+
+    result = bp.run(device, "auto", repeats=repeats, out=lambda line: print(line, file=sys.stderr))
+    peaks = result["peak_gflops"]
+    rows = [("matmul peak 2048^3, fp32 / bf16 (GFLOP/s)", f"{peaks['fp32']:.0f}", f"{peaks['bf16']:.0f}",
+             f"the roofline's ceilings, measured now on {device}")]
+    for r in result["workloads"]:
+        f, s = r["fp32"], r["fast"]
+        rows.append((f"{r['workload']}: fast vs fp32 NCHW (ms/step)", f"{s['median_s'] * 1e3:.0f}",
+                     f"{f['median_s'] * 1e3:.0f}", f"x{r['speedup_median']:.2f} ({r['fast_path']}); roofline "
+                     f"{s['roofline']:.1%} vs {f['roofline']:.1%}; {r['gflop_per_step']:.1f} GFLOP/step"))
+    return rows
 
 
 def bench_node(steps: int, repeats: int, device: str, timeout: float) -> list[tuple]:
@@ -226,7 +281,9 @@ def run(args) -> int:
     for part in parts:
         start = time.perf_counter()
         print(f"[bench] {part} ...", file=sys.stderr, flush=True)
-        if part == "unet":
+        if part == "precision":
+            rows += bench_precision(args.device, args.repeats)
+        elif part == "unet":
             rows += bench_unet_training(args.preset, args.batch, args.repeats, args.device, args.timeout)
             rows += bench_unet_sampling(args.preset, args.batch, args.repeats, args.device)
         elif part == "node":

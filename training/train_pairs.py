@@ -96,8 +96,9 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     output_dir: str = "out/train-pairs"
-    # auto = what `accelerate launch --mixed_precision` or its config file says (no when run without it)
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    # auto = what `accelerate launch --mixed_precision` or its config file says; without either, bf16 where the
+    # device has native bf16 (semantica_core.precision, SEMANTICA_PRECISION honoured), else fp32. fp32 = no.
+    mixed_precision: str = "auto"  # auto | bf16 | fp16 | fp32 (no)
     cpu: bool = False  # train on the CPU even where an accelerator is present (several CPU processes use gloo)
     compile: bool = False  # torch.compile the network
     gradient_checkpointing: bool = False
@@ -314,8 +315,8 @@ def validate_config(c: PairTrainingConfig) -> None:
     need(c.model.encoder or c.data.cache, "no encoder: give --encoder FILE (from `semantica encoder export`) or --cache DIR")
     need(c.train.max_steps >= 1 and c.train.batch_size >= 1 and c.train.grad_accum >= 1,
          "train.max_steps, train.batch_size and train.grad_accum must be at least 1")
-    need(c.train.mixed_precision in ("auto", "no", "bf16", "fp16"),
-         f"train.mixed_precision must be auto, no, bf16 or fp16; got '{c.train.mixed_precision}'")
+    need(c.train.mixed_precision in ("auto", "no", "bf16", "fp16", "fp32"),
+         f"train.mixed_precision must be auto, bf16, fp16 or fp32 (no); got '{c.train.mixed_precision}'")
     need(c.optim.schedule in ("constant", "cosine"), f"optim.schedule must be constant or cosine")
     need(0.0 <= c.ema.decay < 1.0, "ema.decay must be in [0, 1)")
     need(c.data.pairs_per_page >= 1 and c.data.num_workers >= 0 and c.data.holdout_pages >= 0,
@@ -527,6 +528,18 @@ def pick_holdout(source, count: int, min_image_size: int) -> list[tuple[str, str
     return picked
 
 
+def _accelerate_precision(setting: str, cpu: bool) -> Optional[str]:
+    """train.mixed_precision in accelerate's words; None lets `accelerate launch`'s flag or config file decide."""
+    from semantica_core.precision import accelerate_mixed_precision
+
+    if setting == "auto":
+        if os.environ.get("ACCELERATE_MIXED_PRECISION"):  # set by accelerate launch from its flag or config
+            return None
+        device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+        return accelerate_mixed_precision("auto", device)
+    return "no" if setting == "fp32" else setting
+
+
 def _has_accelerator() -> bool:
     xpu = getattr(torch, "xpu", None)
     mps = getattr(torch.backends, "mps", None)
@@ -536,12 +549,13 @@ def _has_accelerator() -> bool:
 def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     """Runs (or continues) a training run; returns the summary (also written to output_dir/summary.json)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
     from safetensors.torch import load_file, save_file
 
     from semantica_core.checkpoint import SemanticaModel, save_checkpoint
     from semantica_core.diffusion import Denoiser
     from semantica_core.encoders import load_encoder
+    from semantica_core.precision import Precision
     from semantica_core.networks import PairConditionedUNet
     from training.data import (
         DataError, DataPosition, DataStats, EmbedCache, PairDataset, condition_input, encoder_info, fit_square,
@@ -552,7 +566,7 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     out = c.train.output_dir
     accelerator = Accelerator(
         cpu=c.train.cpu or not _has_accelerator(),  # without it accelerate never starts CPU process groups
-        mixed_precision=None if c.train.mixed_precision == "auto" else c.train.mixed_precision,
+        mixed_precision=_accelerate_precision(c.train.mixed_precision, c.train.cpu),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -594,7 +608,13 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     # -- model -----------------------------------------------------------------------------------------------------
     net_cfg, diff_cfg = build_model_configs(c, enc_info["token_dim"], enc_info["pooled_dim"])
     network = PairConditionedUNet(net_cfg)
-    denoiser = Denoiser(network, diff_cfg)
+    # bf16: accelerate autocasts the forward; channels-last too (not under FSDP, which flattens the weights). The
+    # weights, AdamW state and EMA stay float32.
+    bf16 = precision == "bf16"
+    net_precision = Precision(device.type, torch.bfloat16 if bf16 else None,
+                              bf16 and accelerator.distributed_type != DistributedType.FSDP)
+    net_precision.prepare(network)  # before accelerate wraps it
+    denoiser = Denoiser(network, diff_cfg, net_precision)
     if c.train.compile:
         network.compile()  # in place: state_dict keys stay those of the plain network
     loss_module = PairLoss(denoiser, net_cfg.cond_drop_prob, enc_info["encoder_id"])
@@ -744,7 +764,8 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
             embeds = encoder(pixels.to(device))
             shown = [img for _, _, img in sample_conditions]
         model = SemanticaModel(
-            network=sample_network, denoiser=Denoiser(sample_network, diff_cfg), kind="pair_conditioned",
+            network=sample_network, denoiser=Denoiser(sample_network, diff_cfg, net_precision),
+            kind="pair_conditioned",
             network_config=net_cfg.to_dict(), diffusion_config=diff_cfg.to_dict(), encoder_info=enc_info,
             resolution=net_cfg.resolution, channels=net_cfg.out_channels, path="the training EMA", weights="ema",
         )
@@ -926,8 +947,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--output-dir")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"],
-                        help="default auto: accelerate launch's --mixed_precision or config file, else no")
+    parser.add_argument("--precision", "--mixed-precision", dest="mixed_precision",
+                        choices=["auto", "bf16", "fp16", "fp32", "no"],
+                        help="default auto: accelerate launch's --mixed_precision or config file, else bf16 where "
+                             "the CPU or GPU has native bf16 (SEMANTICA_PRECISION=fp32 switches it off); no = fp32")
     parser.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even with a GPU present")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     parser.add_argument("--gradient-checkpointing", action="store_true", default=None)

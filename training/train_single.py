@@ -1,6 +1,6 @@
 """`semantica train single IMAGE --out FILE.safetensors`: train a SinDiffusion model on one image.
 
-One process on the CPU or one GPU (bf16 autocast on CUDA). Every --save-every steps and at the end it writes the
+One process on the CPU or one GPU (bf16 autocast and channels-last where it has native bf16; --precision). Every --save-every steps and at the end it writes the
 checkpoint (FILE.safetensors, loadable by the nodes and `semantica eval single`) and, next to it, the resume state
 (FILE.safetensors.train-state: raw and EMA weights, optimizer, step, random streams, the prepared image), both
 atomically. --resume continues from that state up to --max-steps; Ctrl-C saves both at the last finished step.
@@ -8,6 +8,7 @@ atomically. --resume continues from that state up to --max-steps; Ctrl-C saves b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
@@ -33,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--resume", action="store_true", help="continue from FILE.safetensors.train-state")
     parser.add_argument("--save-every", type=int, default=1000, help="write checkpoint and state every N steps")
-    parser.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too")
+    parser.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                        help="auto (default): bf16 autocast and channels-last where the CPU or GPU has native bf16, "
+                             "else float32; fp32 switches it off (so does SEMANTICA_PRECISION=fp32)")
+    parser.add_argument("--no-bf16", action="store_true", help=argparse.SUPPRESS)  # the old name of --precision fp32
 
 
 def load_image(path) -> "torch.Tensor":
@@ -54,6 +58,8 @@ def load_image(path) -> "torch.Tensor":
 def run(args) -> int:
     import torch
     from tqdm.auto import tqdm
+
+    from semantica_core.precision import describe, resolve_precision
 
     from semantica_core.single_image import (
         PRESETS,
@@ -95,6 +101,8 @@ def run(args) -> int:
         ignored = [flag for flag, (new, old) in given.items() if new is not None and new != old]
         if ignored:
             print(f"resuming with the stored config; ignoring {', '.join(ignored)}", file=sys.stderr)
+        if args.precision or args.no_bf16:  # a speed setting, not part of the model: the one given applies
+            state.config = dataclasses.replace(state.config, precision="fp32" if args.no_bf16 else args.precision)
         print(f"resuming {out} at step {state.step}")
     else:
         if state_path.is_file():
@@ -105,7 +113,7 @@ def run(args) -> int:
             print(f"no state file {state_path}; starting a new run", file=sys.stderr)
         config = SingleImageTrainConfig.from_preset(
             preset, prediction=args.prediction, max_side=args.size, batch_size=args.batch_size, lr=args.lr,
-            seed=args.seed, mixed_precision="no" if args.no_bf16 else None,
+            seed=args.seed, precision="fp32" if args.no_bf16 else args.precision,
         )
         state = init_train_state(image, config, device)
     max_steps = args.max_steps if args.max_steps is not None else PRESETS[state.config.preset]["steps"]
@@ -115,7 +123,8 @@ def run(args) -> int:
         f"{state.config.preset}: {image_path.name} "
         f"{state.source_size[0]}x{state.source_size[1]} -> trained at {width}x{height}, "
         f"receptive field {state.receptive_field()} px, {parameters:.2f}M "
-        f"parameters, {state.config.diffusion['prediction']} prediction, batch {state.config.batch_size}, {device}"
+        f"parameters, {state.config.diffusion['prediction']} prediction, batch {state.config.batch_size}, {device} "
+        f"({describe(resolve_precision(state.config.precision, device))})"
     )
 
     def save():

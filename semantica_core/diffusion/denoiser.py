@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semantica_core.embeds import Embeds
+from semantica_core.precision import Precision, resolve_precision
 
 from .model_sampling import ModelSampling
 from .schedules import ScheduleConfig
@@ -52,12 +53,19 @@ class DiffusionConfig:
 
 
 class Denoiser(nn.Module):
-    """`forward(x, sigma, embeds, guidance_scale) -> x0`, with classifier-free guidance as one batched forward."""
+    """`forward(x, sigma, embeds, guidance_scale) -> x0`, with classifier-free guidance as one batched forward.
 
-    def __init__(self, network: nn.Module, config: DiffusionConfig):
+    precision: "auto" (None), "bf16", "fp32" or a resolved `Precision` (see semantica_core.precision): the network's
+    forward runs under its autocast and memory format; x0 and the loss are computed in float32. A name is resolved
+    for the device of the first call, which also puts the network's weights into that memory format; assign
+    `denoiser.precision` to change it.
+    """
+
+    def __init__(self, network: nn.Module, config: DiffusionConfig, precision: str | Precision | None = None):
         super().__init__()
         self.network = network
         self.config = config
+        self.precision = precision
         # The network's input scale, time input and x0 formula; ComfyUI's samplers call the same object.
         self.model_sampling = ModelSampling(config)
         self.schedule = self.model_sampling.schedule
@@ -136,11 +144,36 @@ class Denoiser(nn.Module):
             target = alpha * eps - (s * alpha) * x0
         return F.mse_loss(out.float(), target.float())
 
+    @property
+    def precision(self) -> str | Precision | None:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str | Precision | None) -> None:
+        self._precision = value
+        self._resolved: dict[str, Precision] = {}  # resolved again, and the layout applied, at the next call
+
+    def resolved_precision(self, device: torch.device) -> Precision:
+        """What `precision` means on `device`; the first time, the network's weights take its memory format."""
+        resolved = self._resolved
+        if device.type not in resolved:
+            precision = self._precision
+            if not isinstance(precision, Precision):
+                precision = resolve_precision(precision, device)
+            precision.prepare(self.network)
+            resolved[device.type] = precision
+        return resolved[device.type]
+
     def _network(self, x, sigma, tokens, pooled, drop) -> torch.Tensor:
         sampling = self.model_sampling
-        out = self.network(
-            sampling.calculate_input(sigma, x), sampling.timestep(sigma), tokens=tokens, pooled=pooled, drop_cond=drop
-        )
+        precision = self.resolved_precision(x.device)
+        with precision.autocast():
+            out = self.network(
+                precision.input(sampling.calculate_input(sigma, x)), sampling.timestep(sigma), tokens=tokens,
+                pooled=pooled, drop_cond=drop,
+            )
+        if precision.channels_last:
+            out = out.contiguous()  # the sampler's state stays in the default layout
         if out.shape != x.shape:
             raise ValueError(
                 f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a denoiser network "
