@@ -363,3 +363,31 @@ def test_host_text_guided_and_harmonization_workflows_run(comfy, comfy_models_di
             node["inputs"]["steps"] = 3
     (image,) = _output(comfy, comfy.run(api, timeout=600), api, "SemanticaSDEdit")
     assert image.shape == (75, 112, 3)
+
+
+@pytest.mark.host
+def test_host_training_again_with_the_same_inputs_loads_the_saved_model(comfy, comfy_models_dir):
+    """SinDiffusion Train keys its file by the picture and the settings: after ComfyUI forgets its cache (as after a
+    restart), the same inputs load that file instead of training and writing another."""
+    photo = comfy.upload_image(_chelsea(), name="sindiffusion_reuse.png")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": photo}},
+        "2": {"class_type": "SinDiffusionTrain", "inputs": {"image": ["1", 0], "steps": 3, "size": 24, "preset": "auto",
+                                                            "seed": 5, "model_name": "host_test_reuse"}},
+        "3": {"class_type": "SinDiffusionSample", "inputs": {"model": ["2", 0], "width": 0, "height": 0, "seed": 1,
+                                                             "count": 1, "steps": 2, "sampler": "ddim"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "host_test_reuse"}},
+    }
+    files = lambda: sorted(p.name for p in (comfy_models_dir / "semantica").glob("host_test_reuse*"))  # noqa: E731
+    (first,) = comfy.get_images(comfy.run(prompt, timeout=600))
+    assert files() == ["host_test_reuse.safetensors"]
+    info = read_checkpoint_metadata(comfy_models_dir / "semantica" / "host_test_reuse.safetensors")
+    assert info["training"]["preset"] == "sindiffusion_tiny" and info["training"]["steps"] == 3  # auto on a CPU
+    comfy.http.post(comfy.url + "/free", json={"free_memory": True, "unload_models": True}, timeout=30)
+    history = comfy.run(prompt, timeout=600)
+    (again,) = comfy.get_images(history)
+    assert files() == ["host_test_reuse.safetensors"], "the same inputs trained and saved a second model"
+    assert np.array_equal(first, again)
+    prompt["2"]["inputs"]["seed"] = 6  # another run: trained and saved under the next free name
+    comfy.run(prompt, timeout=600)
+    assert files() == ["host_test_reuse.safetensors", "host_test_reuse_00001.safetensors"]
