@@ -11,8 +11,11 @@ from semantica_core.presets import network_preset
 
 ENCODER_ID = "test:tiny-encoder:1"
 TOKENS, TOKEN_DIM, POOLED_DIM = 4, 16, 16
-# A batch and the same images one by one run different kernels (batch sizes); results agree to float32 rounding.
-BATCH_ATOL = 1e-4
+# What "the same seed gives the same image whatever the batch" promises: the same 8-bit image, up to one level where
+# a value sits on a rounding edge. A batch and the same images one by one run different CPU kernels (the batch size
+# changes the blocking), which moves float32 results by up to a few 1e-4 after several steps; a wrong seed or row
+# order moves them by tenths.
+BATCH_ATOL = 1 / 255
 
 
 def randomize_zero_init(network: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
