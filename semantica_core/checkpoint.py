@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from .atomic import atomic_path
 
 FORMAT_VERSION = 1
 KINDS = ("pair_conditioned", "single_image")
@@ -106,9 +108,9 @@ def load_safetensors_tensors(path, names=None, device="cpu", what: str = "checkp
 
 
 def write_safetensors_atomic(path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
-    """Writes a safetensors file through a temporary file in the same folder, so a crash never leaves half a file."""
+    """Writes a safetensors file through a temporary file in the same folder (semantica_core.atomic), so a crash
+    never leaves half a file; the file's mode follows the umask."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     seen_storage = set()
     prepared = {}
     for name, tensor in tensors.items():
@@ -118,17 +120,15 @@ def write_safetensors_atomic(path, tensors: Mapping[str, torch.Tensor], metadata
             tensor = tensor.clone()  # safetensors refuses tensors that share memory (tied weights)
         seen_storage.add(tensor.untyped_storage().data_ptr())
         prepared[name] = tensor
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(prepared, tmp, metadata=dict(metadata))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        try:
+            save_file(prepared, str(tmp), metadata=dict(metadata))
+        except Exception as e:  # the safetensors library reports a full disk as its own error type
+            code = re.search(r"os error (\d+)|code: (\d+)", str(e))
+            if code is None:
+                raise
+            number = int(code.group(1) or code.group(2))
+            raise OSError(number, os.strerror(number), str(path)) from e
     return path
 
 

@@ -125,3 +125,42 @@ def test_estimate_covers_the_measured_peak():
     print(f"256 px, 2 rows: measured {figures['measured'] / 2**20:.0f} MiB, "
           f"estimated {figures['estimate'] / 2**20:.0f} MiB")
     assert 0.8 * figures["measured"] <= figures["estimate"] <= 2.5 * figures["measured"], figures
+
+
+# --- written files follow the umask --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    from semantica_core.atomic import write_json_atomic
+    from semantica_core.single_image import (SingleImageTrainConfig, init_train_state, save_single_image_checkpoint,
+                                             save_train_state)
+    from training.cli import main
+
+    previous = os.umask(umask)
+    try:
+        assert main(["encoder", "export", "resnet10t", "--random", "--image-size", "32",
+                     "--out", str(tmp_path / "encoder.safetensors")]) == 0
+        assert main(["init", "--encoder", str(tmp_path / "encoder.safetensors"), "--preset", "tiny",
+                     "--out", str(tmp_path / "model.safetensors")]) == 0
+        state = init_train_state(torch.rand(1, 3, 16, 16), SingleImageTrainConfig.from_preset(
+            "sindiffusion_tiny", max_side=16), "cpu")
+        save_train_state(tmp_path / "single.safetensors.train-state", state)
+        save_single_image_checkpoint(tmp_path / "single.safetensors", state)
+        write_json_atomic(tmp_path / "report.json", {"ok": True})
+    finally:
+        os.umask(previous)
+    written = sorted(tmp_path.iterdir())
+    assert [p.name for p in written] == ["encoder.safetensors", "model.safetensors", "report.json",
+                                         "single.safetensors", "single.safetensors.train-state"]  # no temp file left
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: mode for p in written}
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    from semantica_core.atomic import atomic_path, write_text_atomic
+
+    target = write_text_atomic(tmp_path / "a.json", "old")
+    with pytest.raises(Stop), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise Stop
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["a.json"]

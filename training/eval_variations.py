@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semantica_core.atomic import write_json_atomic
+
 CLASSIFIER_KIND = "semantica.digit_classifier"
 
 
@@ -354,7 +356,5 @@ def run(args) -> int:
     )
     print(format_table(result))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_json_atomic(args.json, result, indent=2)
     return 0

@@ -19,6 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from semantica_core import atomic
+
 from .images import BadImage, condition_input, decode_image, fit_square
 from .sources import DataError
 from .stats import DataStats
@@ -28,12 +30,7 @@ CACHE_VERSION = 1
 
 
 def write_json_atomic(path: str, data) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_json_atomic(path, data, sort_keys=True)
 
 
 def encoder_info(encoder) -> dict:
@@ -188,9 +185,8 @@ def embed_dataset(
             return
         name = f"{prefix}-{len(files):04d}.safetensors"
         tensors = {"tokens": torch.cat(pending_tokens).contiguous(), "pooled": torch.cat(pending_pooled).contiguous()}
-        tmp = os.path.join(out_dir, name + ".tmp")
-        save_file(tensors, tmp, metadata={"encoder_id": info["encoder_id"]})
-        os.replace(tmp, os.path.join(out_dir, name))
+        with atomic.atomic_path(os.path.join(out_dir, name)) as tmp:
+            save_file(tensors, str(tmp), metadata={"encoder_id": info["encoder_id"]})
         files.append({"file": name, "ids": list(pending_ids)})
         pending_ids.clear(), pending_tokens.clear(), pending_pooled.clear()
 

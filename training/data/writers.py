@@ -8,6 +8,8 @@ import json
 import os
 import tarfile
 
+from semantica_core.atomic import atomic_path
+
 from .sources import ImageRef
 
 
@@ -27,8 +29,7 @@ def write_manifest(source, path: str) -> str:
             if image.path is None:
                 raise ValueError("write_manifest needs images on disk (a folder or manifest source)")
             rows.append((page.key, os.path.relpath(os.path.abspath(image.path), base)))
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         if path.lower().endswith(".csv"):
             writer = csv.writer(f)
             writer.writerow(["page", "path"])
@@ -36,7 +37,6 @@ def write_manifest(source, path: str) -> str:
         else:
             for page, image_path in rows:
                 f.write(json.dumps({"page": page, "path": image_path}) + "\n")
-    os.replace(tmp, path)
     return path
 
 
