@@ -12,7 +12,7 @@ training takes per 1,000 steps.
    largest step count. Reported: model evaluations and the ratio 1000 / evaluations for both.
 2. Training: seconds per training step of each preset at its default size and batch, measured over --time-steps
    steps after 3 warm-up steps and extrapolated to 1,000 steps (the extrapolation is stated). On the CPU always; on
-   CUDA (bf16 autocast) when present.
+   CUDA when present; at precision auto (bf16 autocast + channels-last where the device has native bf16).
 
     python benchmarks/bench_single.py                                # CPU; CUDA too when present
     python benchmarks/bench_single.py --model out/cat.safetensors --image cat.png --samples 16
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from semantica_core.checkpoint import load_checkpoint  # noqa: E402
 from semantica_core.metrics.frechet import frechet_distance_features  # noqa: E402
 from semantica_core.metrics.sifid import sifid, sifid_feature_network, spatial_features  # noqa: E402
+from semantica_core.precision import describe, resolve_precision  # noqa: E402
 from semantica_core.single_image import (  # noqa: E402
     PRESETS,
     SingleImageTrainConfig,
@@ -128,12 +129,13 @@ def bench_training(preset: str, device: torch.device, steps: int) -> dict:
         torch.cuda.synchronize()
     per_step = (time.perf_counter() - t0) / steps
     height, width = state.image.shape[-2:]
+    precision = describe(resolve_precision(config.precision, device))
     result = {"preset": preset, "device": str(device), "measured_steps": steps, "seconds_per_step": per_step,
               "seconds_per_1000_steps": per_step * 1000, "extrapolated": True, "batch": config.batch_size,
-              "size": [int(width), int(height)], "bf16": device.type == "cuda",
+              "size": [int(width), int(height)], "precision": precision,
               "paper_50k_hours": per_step * PRESETS[preset]["steps"] / 3600}
-    print(f"train {preset:>17} on {device} ({width}x{height}, batch {config.batch_size}"
-          f"{', bf16' if device.type == 'cuda' else ''}): {per_step:.3f} s/step measured over {steps} steps -> "
+    print(f"train {preset:>17} on {device} ({width}x{height}, batch {config.batch_size}, {precision}): "
+          f"{per_step:.3f} s/step measured over {steps} steps -> "
           f"{per_step * 1000 / 60:.1f} min per 1,000 steps (extrapolated); its default "
           f"{PRESETS[preset]['steps']} steps: {result['paper_50k_hours']:.2f} h")
     return result

@@ -244,7 +244,7 @@ def main(argv=None) -> int:
             elif part == "train":
                 rows += check_train(device, sizes["train"], work)
     print(f"gpu check {time.strftime('%Y-%m-%d')}: {name}, torch {torch.__version__}, bf16 matmul peak "
-          f"{peak / 1e12:.1f} TFLOP/s (measured), {time.perf_counter() - started:.0f} s")
+          f"{peak / 1e9:.0f} GFLOP/s (measured), {time.perf_counter() - started:.0f} s")
     print(format_table(rows))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
