@@ -93,3 +93,19 @@ def test_apply_model_is_our_denoiser(comfy_modules, tmp_path, kind, prediction):
         padded = torch.nn.functional.pad(odd, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect")
         expected = model.denoiser(padded, sigma).clamp(-1, 1)[..., ph // 2 : ph // 2 + 15, pw // 2 : pw // 2 + 13]
         assert torch.allclose(base.apply_model(odd, sigma), expected, atol=5e-4)
+
+
+def test_a_pair_model_refuses_conditionings_it_cannot_use(comfy_modules):
+    from semantica_core.checkpoint import EncoderMismatchError, load_checkpoint
+
+    _, comfy_model = comfy_modules
+    model = load_checkpoint(REPO_ROOT / "models" / "demo" / "mnist-pairs.safetensors")
+    base = comfy_model.comfy_model(model, "mnist-pairs.safetensors").model
+    with pytest.raises(ValueError, match="Semantica Conditioning"):  # a text encoder's conditioning
+        base.extra_conds(cross_attn=torch.zeros(1, 77, 768), pooled_output=torch.zeros(1, 768))
+    with pytest.raises(EncoderMismatchError, match="timm:other:123.*timm:tf_efficientnet_lite0"):
+        base.extra_conds(cross_attn=torch.zeros(1, 49, 1280), semantica_pooled=torch.zeros(1, 1280),
+                         semantica_null=False, semantica_encoder_id="timm:other:123")
+    conds = base.extra_conds(cross_attn=torch.zeros(2, 49, 1280), semantica_pooled=torch.zeros(2, 1280),
+                             semantica_null=True, semantica_encoder_id=model.encoder_info["encoder_id"])
+    assert conds["semantica_null"].cond.tolist() == [1.0, 1.0] and conds["semantica_pooled"].cond.shape == (2, 1280)
