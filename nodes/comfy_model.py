@@ -83,17 +83,13 @@ class SemanticaDiffusionModel(nn.Module):
         if self.conditioned and null is not None and not bool((null > 0.5).all()):
             # Null rows get the learned null condition inside the network, as in the core's guidance batch.
             condition = {"tokens": context, "pooled": conds[POOLED], "drop_cond": null > 0.5}
-        # The network runs as the Denoiser runs it (its precision switch: autocast and memory format, where the
-        # core has one), so KSampler and our sampler nodes compute the same numbers.
-        resolve = getattr(self._denoiser[0], "resolved_precision", None)
-        precision = resolve(x.device) if resolve is not None else None
+        # The network runs as the Denoiser runs it (its precision: bf16 autocast and channels-last where the device
+        # has native bf16), so KSampler and our sampler nodes compute the same numbers.
+        precision = self._denoiser[0].resolved_precision(x.device)
         # Cancel takes effect between network blocks, not only between steps.
-        with block_check(comfy.model_management.throw_exception_if_processing_interrupted):
-            if precision is None:
-                return network_on_any_size(self.network, x, timesteps, **condition)
-            with precision.autocast():
-                out = network_on_any_size(self.network, precision.input(x), timesteps, **condition)
-            return out.contiguous()
+        with block_check(comfy.model_management.throw_exception_if_processing_interrupted), precision.autocast():
+            out = network_on_any_size(self.network, precision.input(x), timesteps, **condition)
+        return out.contiguous() if precision.channels_last else out  # the sampler's state stays in NCHW
 
 
 class SemanticaBaseModel(comfy.model_base.BaseModel):
