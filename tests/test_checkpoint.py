@@ -246,10 +246,10 @@ def test_cli_export_init_and_info(tmp_path):
 def test_cli_errors_are_one_line_messages(tmp_path, capsys):
     from training.cli import main
 
-    assert main(["encoder", "export", "resnet18", "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert main(["encoder", "export", "resnet18", "--out", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("semantica: error: no offline weights for 'resnet18'") and "--random" in err
     bad = tmp_path / "bad.safetensors"
     torch.save({}, bad)
-    assert main(["checkpoint", "info", str(bad)]) == 1
+    assert main(["checkpoint", "info", str(bad)]) == 2
     assert "PyTorch pickle" in capsys.readouterr().err

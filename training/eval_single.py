@@ -10,9 +10,10 @@ every image gets its median and interquartile range, not only the mean.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from semantica_core.atomic import write_json_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,20 +133,18 @@ def run(args) -> int:
         print(f"over {len(results)} images: median of per-image SIFID medians {o['sifid_median']['median']:.4f} "
               f"(IQR {o['sifid_median']['iqr']:.4f}); median diversity {o['diversity_mean']['median']:.4f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        write_json_atomic(args.json, summary, indent=2)
         print(f"wrote {args.json}")
     return 0
 
 
 def main(argv=None) -> int:
+    from training.cli import exit_status
+
     parser = argparse.ArgumentParser(prog="semantica eval single", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"semantica: error: {e}", file=sys.stderr)
-        return 1
+    args = parser.parse_args(argv)
+    return exit_status(lambda: run(args))
 
 
 if __name__ == "__main__":

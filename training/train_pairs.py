@@ -6,13 +6,21 @@ the data (training.data), the loss, EMA, logging and the export to a Semantica c
 
 Output folder:
   config.json                      the resolved training config
-  checkpoints/step-00001000/       training state, written to a temporary folder and renamed (atomic):
-                                   accelerate's state (model.safetensors, optimizer, RNG), ema-<rank>.safetensors,
-                                   generator-<rank>.safetensors, data-<rank>.json, trainer_state.json
+  train.lock                       held while a run trains here (pid, host, start): a second run stops at once
+  checkpoints/step-00001000/       the whole training state, safetensors and JSON only (nothing is pickled),
+                                   written to a temporary folder and renamed (atomic): model.safetensors (raw
+                                   weights), optimizer.safetensors (AdamW moments, param groups), ema-<rank> and
+                                   rng-<rank>.safetensors (torch, CUDA, numpy, Python and the noise generator),
+                                   data-<rank>.json (data position), config.json, trainer_state.json (written last)
   samples/step-00001000.png        variations of fixed held-out conditions (also in TensorBoard)
   tensorboard/                     scalars: loss, learning rate, images/s, gradient norm
   model.safetensors                the export (semantica_core.checkpoint format: raw + EMA weights)
   summary.json                     steps, time, and the data counts (what was used and skipped)
+
+--resume continues from the newest complete checkpoint (a truncated or corrupt one is skipped with a message) with
+the config stored there; a flag that contradicts it stops the run unless --override is given. The learning-rate
+schedule is a function of the step, so it needs no state of its own. FSDP: the sharded optimizer state cannot be
+written as safetensors here, so FSDP runs need --fsdp-pickled-state, which keeps accelerate's own (pickled) format.
 """
 from __future__ import annotations
 
@@ -36,6 +44,12 @@ from torch import nn
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+STATE_FORMAT = 2  # 1: accelerate's save_state (pickles), read only with --fsdp-pickled-state
+LOCK_NAME = "train.lock"
+# Keys a resumed run may change without --override: how long, how often it saves, logs and samples, and how it
+# loads data; none changes what a step computes.
+FREE_ON_RESUME = ("train.max_steps", "train.output_dir", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.log_every", "train.compile", "data.num_workers", "sample.")
 
 
 class ConfigError(ValueError):
@@ -105,6 +119,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2  # older training-state checkpoints are deleted
     log_every: int = 10
+    fsdp_pickled_state: bool = False  # FSDP only: accelerate's own (pickled) state format, see the module docstring
 
 
 @dataclass
@@ -280,16 +295,19 @@ FLAG_KEYS = {
     "checkpoint_every": "train.checkpoint_every",
     "sample_every": "sample.every",
     "lr": "optim.lr",
+    "fsdp_pickled_state": "train.fsdp_pickled_state",
 }
 
 
 def resolve_config(
     preset: Optional[str] = None, config_file: Optional[str] = None, sets=(), flags: Optional[dict] = None,
-    validate: bool = True,
+    validate: bool = True, base: Optional[dict] = None,
 ) -> PairTrainingConfig:
-    data: dict = {}
-    if preset or not config_file:
-        data = read_config_file(preset_path(preset or "tiny"))
+    """preset (default tiny) <- config file <- --set <- flags; `base` (a resumed run's stored config) replaces the
+    default preset, so only what is given explicitly changes it."""
+    data: dict = dict(base or {})
+    if preset or not (config_file or base):
+        data = _deep_merge(data, read_config_file(preset_path(preset or "tiny")))
     if config_file:
         data = _deep_merge(data, read_config_file(config_file))
     for assignment in sets:
@@ -446,7 +464,7 @@ def build_model_configs(config: PairTrainingConfig, token_dim: int, pooled_dim: 
 
 
 def checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
-    """Finished training-state checkpoints, oldest first."""
+    """Finished training-state checkpoints (their trainer_state.json, written last, exists), oldest first."""
     root = os.path.join(output_dir, "checkpoints")
     if not os.path.isdir(root):
         return []
@@ -458,35 +476,197 @@ def checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def find_resume_dir(resume: str, output_dir: str) -> Optional[str]:
-    """`latest` -> newest checkpoint of output_dir (None when there is none); else a checkpoint or output folder."""
-    if resume == "latest":
-        found = checkpoint_dirs(output_dir)
-        return found[-1][1] if found else None
-    if os.path.isfile(os.path.join(resume, "trainer_state.json")):
+def check_checkpoint(path: str, pickled_ok: bool = False) -> dict:
+    """The trainer state of a complete, readable training checkpoint; ConfigError saying what is wrong otherwise.
+
+    Every file is checked without loading tensors: JSON that parses, safetensors headers whose sizes match the
+    files (a truncated file fails), and the files each process wrote."""
+    from semantica_core.checkpoint import CheckpointError, read_safetensors_header
+
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("format") is None:
+            if not pickled_ok:
+                raise ConfigError(
+                    "written by an older version in accelerate's pickled format (optimizer.bin, random_states_*.pkl), "
+                    "which is never unpickled here; its weights are in the run's model.safetensors export"
+                )
+            return state
+        if state["format"] != STATE_FORMAT:
+            raise ConfigError(f"training-state format {state['format']} (this version reads {STATE_FORMAT})")
+        if state.get("state") == "accelerate":
+            if not pickled_ok:
+                raise ConfigError("saved in accelerate's pickled FSDP format: resume it with --fsdp-pickled-state")
+            return state
+        files = ["model.safetensors", "optimizer.safetensors", "config.json"]
+        for rank in range(int(state["world_size"])):
+            files += [f"ema-{rank}.safetensors", f"rng-{rank}.safetensors", f"data-{rank}.json"]
+        for name in files:
+            file = os.path.join(path, name)
+            if name.endswith(".json"):
+                with open(file, encoding="utf-8") as f:
+                    json.load(f)
+            else:
+                read_safetensors_header(file, "training-state file")
+        return state
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"incomplete or corrupt ({error})") from None
+
+
+def find_resume_dir(resume: str, output_dir: str, log=print, pickled_ok: bool = False) -> Optional[str]:
+    """`latest` -> the newest usable checkpoint of output_dir (None when there is none; corrupt ones are skipped
+    with a message); else a checkpoint folder, or an output folder whose newest usable checkpoint is taken."""
+    if resume != "latest" and os.path.isfile(os.path.join(resume, "trainer_state.json")):
+        try:
+            check_checkpoint(resume, pickled_ok)
+        except ConfigError as error:
+            raise ConfigError(f"--resume {resume}: the checkpoint is {error}") from None
         return resume
-    found = checkpoint_dirs(resume)
+    folder = output_dir if resume == "latest" else resume
+    found = checkpoint_dirs(folder)
     if not found:
+        if resume == "latest":
+            return None
         raise ConfigError(f"--resume {resume}: no training checkpoint there (expected checkpoints/step-N/)")
-    return found[-1][1]
+    problems = []
+    for _, path in reversed(found):
+        try:
+            check_checkpoint(path, pickled_ok)
+            return path
+        except ConfigError as error:
+            log(f"[train] skipping checkpoint {path}: {error}")
+            problems.append(f"{path}: {error}")
+    raise ConfigError(
+        f"no usable training checkpoint in {folder}/checkpoints ({'; '.join(problems)}); delete them to start over, "
+        f"or resume from another folder"
+    )
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("network", "diffusion"):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_conflicts(stored: dict, new: dict) -> list[str]:
+    """The keys where a resumed run's config contradicts the stored one, as `key: new (stored: old)`."""
+    a, b = _flatten(stored), _flatten(new)
+    conflicts = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key) and not key.startswith(FREE_ON_RESUME):
+            conflicts.append(f"{key}: {b.get(key)!r} (stored: {a.get(key)!r})")
+    return conflicts
 
 
 def _write_json(path: str, data) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from semantica_core.atomic import write_json_atomic
+
+    write_json_atomic(path, data)
 
 
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
+# Locks held by this process, by folder: a run's lock lives as long as its process (see lock_output_dir).
+_LOCKS: dict[str, int] = {}
+
+
+def lock_output_dir(output_dir: str) -> None:
+    """Takes output_dir/train.lock for this process, or raises ConfigError naming the run that holds it.
+
+    An flock: the kernel drops it when the process ends however it ends (SIGKILL too), so there is no stale lock to
+    clean up. Only where fcntl exists (not on Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = os.path.realpath(output_dir)
+    if key in _LOCKS:
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    fd = os.open(os.path.join(output_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        raise ConfigError(
+            f"{output_dir} is in use by another training run (pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, started {holder.get('started', '?')}); wait for it to end or stop it, or "
+            f"give another --output-dir"
+        ) from None
+    import socket
+
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    _LOCKS[key] = fd
+
+
+def unlock_output_dir(output_dir: str) -> None:
+    fd = _LOCKS.pop(os.path.realpath(output_dir), None)
+    if fd is not None:
+        os.close(fd)
+
+
+# -- the training state as safetensors + JSON
+
+
+def optimizer_state(optimizer) -> tuple[dict, dict]:
+    """(tensors, metadata) of an optimizer's state dict: tensors `<param index>.<name>`, the rest as JSON."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            (tensors if torch.is_tensor(value) else scalars)[f"{index}.{name}"] = value
+    return tensors, {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+
+
+def load_optimizer_state(optimizer, tensors: dict, metadata: dict) -> None:
+    state: dict = {}
+    for key, value in list(tensors.items()) + list(json.loads(metadata["scalars"]).items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> tuple[dict, dict]:
+    """Every random stream a step can draw from: torch's (CPU and this CUDA device), numpy's, Python's, and the
+    training generator (noise, noise levels, condition dropout)."""
+    import random
+
+    import numpy as np
+
+    tensors = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if device.type == "cuda":
+        tensors["cuda"] = torch.cuda.get_rng_state(device)
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+    metadata = {"numpy": json.dumps([kind, int(pos), int(has_gauss), float(cached)]),
+                "python": json.dumps(random.getstate())}
+    return tensors, metadata
+
+
+def load_rng_state(generator: torch.Generator, device: torch.device, tensors: dict, metadata: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(tensors["torch"])
+    generator.set_state(tensors["generator"])
+    if device.type == "cuda" and "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda"], device)
+    kind, pos, has_gauss, cached = json.loads(metadata["numpy"])
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = json.loads(metadata["python"])
+    random.setstate((version, tuple(internal), gauss))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -547,12 +727,18 @@ def _has_accelerator() -> bool:
 
 
 def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
-    """Runs (or continues) a training run; returns the summary (also written to output_dir/summary.json)."""
+    """Runs (or continues) a training run; returns the summary (also written to output_dir/summary.json).
+
+    resume: "latest" (the newest usable checkpoint of output_dir, if any), a checkpoint folder or an output folder.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
-    from safetensors.torch import load_file, save_file
 
-    from semantica_core.checkpoint import SemanticaModel, save_checkpoint
+    from semantica_core.atomic import atomic_path, fsync_dir
+    from semantica_core.checkpoint import (
+        SemanticaModel, load_safetensors_tensors, read_safetensors_header, save_checkpoint, write_safetensors_atomic,
+    )
+    from semantica_core.memory import check_fits, training_bytes
     from semantica_core.diffusion import Denoiser
     from semantica_core.encoders import load_encoder
     from semantica_core.precision import Precision
@@ -573,7 +759,15 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     precision = accelerator.mixed_precision  # "no", "bf16" or "fp16", once accelerate has resolved "auto"
     is_main = accelerator.is_main_process
     device = accelerator.device
+    pickled_state = accelerator.distributed_type == DistributedType.FSDP
+    if pickled_state and not c.train.fsdp_pickled_state:
+        raise ConfigError(
+            "under FSDP the sharded optimizer state can only be saved in accelerate's own format, which pickles "
+            "(optimizer.bin, random_states_*.pkl); pass --fsdp-pickled-state to train with it, or train with DDP "
+            "(plain `accelerate launch`), whose state is saved as safetensors"
+        )
     if is_main:
+        lock_output_dir(out)  # first: nothing in the folder is touched while another run owns it
         os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
         os.makedirs(os.path.join(out, "samples"), exist_ok=True)
         for name in os.listdir(os.path.join(out, "checkpoints")):
@@ -582,7 +776,7 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     accelerator.wait_for_everyone()
     log = _log_factory(is_main, out)
 
-    resume_dir = find_resume_dir(resume, out) if resume else None
+    resume_dir = find_resume_dir(resume, out, log, pickled_state) if resume else None
     if resume and resume_dir is None:
         log(f"[train] --resume: no checkpoint in {out}/checkpoints yet, starting from step 0")
     set_seed(c.train.seed)  # same initial weights on every process
@@ -608,6 +802,12 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     # -- model -----------------------------------------------------------------------------------------------------
     net_cfg, diff_cfg = build_model_configs(c, enc_info["token_dim"], enc_info["pooled_dim"])
     network = PairConditionedUNet(net_cfg)
+    check_fits(
+        training_bytes(network, c.train.batch_size, net_cfg.resolution, net_cfg.resolution,
+                       c.train.gradient_checkpointing), device,
+        f"training {c.model.preset} at {net_cfg.resolution} px in batches of {c.train.batch_size} per process",
+        "lower --batch-size (a higher --grad-accum keeps the effective batch) or pass --gradient-checkpointing",
+    )
     # bf16: accelerate autocasts the forward; channels-last too (not under FSDP, which flattens the weights). The
     # weights, AdamW state and EMA stay float32.
     bf16 = precision == "bf16"
@@ -669,18 +869,30 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     step, images_seen, elapsed_before = 0, 0, 0.0
     data_state = None
     if resume_dir:
-        accelerator.load_state(resume_dir)
         with open(os.path.join(resume_dir, "trainer_state.json"), encoding="utf-8") as f:
             trainer_state = json.load(f)
         step, images_seen = trainer_state["step"], trainer_state["images_seen"]
         elapsed_before = trainer_state.get("seconds", 0.0)
-        ema_path = os.path.join(resume_dir, f"ema-{rank}.safetensors")
-        if not os.path.isfile(ema_path):  # fewer processes before; under DDP every process holds the whole EMA
-            ema_path = os.path.join(resume_dir, "ema-0.safetensors")
-        ema.load_local_state(load_file(ema_path), ema_path)
-        gen_path = os.path.join(resume_dir, f"generator-{rank}.safetensors")
-        if os.path.isfile(gen_path):
-            generator.set_state(load_file(gen_path)["state"])
+
+        def per_rank(name: str) -> str:  # fewer processes before: under DDP every process holds the same state
+            path = os.path.join(resume_dir, name.format(rank=rank))
+            return path if os.path.isfile(path) else os.path.join(resume_dir, name.format(rank=0))
+
+        if pickled_state:
+            accelerator.load_state(resume_dir)
+        else:
+            tensors = load_safetensors_tensors(os.path.join(resume_dir, "model.safetensors"), what="training state")
+            accelerator.unwrap_model(loss_module).denoiser.network.load_state_dict(tensors)
+            path = os.path.join(resume_dir, "optimizer.safetensors")
+            load_optimizer_state(optimizer, load_safetensors_tensors(path, what="training state"),
+                                 read_safetensors_header(path, "training state")[1])
+            if accelerator.scaler is not None and trainer_state.get("scaler"):
+                accelerator.scaler.load_state_dict(trainer_state["scaler"])
+            path = per_rank("rng-{rank}.safetensors")
+            load_rng_state(generator, device, load_safetensors_tensors(path, what="training state"),
+                           read_safetensors_header(path, "training state")[1])
+        ema_path = per_rank("ema-{rank}.safetensors")
+        ema.load_local_state(load_safetensors_tensors(ema_path, what="training state"), ema_path)
         data_path = os.path.join(resume_dir, f"data-{rank}.json")
         if os.path.isfile(data_path):
             with open(data_path, encoding="utf-8") as f:
@@ -782,12 +994,14 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
         grid = make_grid(torch.stack(tiles), nrow=k + 1, padding=2, pad_value=1.0)
         path = os.path.join(out, "samples", f"step-{at_step:08d}.png")
         array = grid.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-        Image.fromarray(array).save(path + ".tmp.png")
-        os.replace(path + ".tmp.png", path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
         writer.add_image("samples", grid, at_step)
         log(f"[train] step {at_step}: sample grid {path} (first column: the condition)")
 
     def save_training_state(at_step: int, seconds: float) -> None:
+        """The whole training state into checkpoints/step-N, through a temporary folder renamed when complete: a
+        kill or a full disk leaves the previous checkpoints as they were."""
         root = os.path.join(out, "checkpoints")
         final = os.path.join(root, f"step-{at_step:08d}")
         tmp = os.path.join(root, f".tmp-step-{at_step:08d}")
@@ -795,19 +1009,38 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(tmp)
-        save_file({"state": generator.get_state()}, os.path.join(tmp, f"generator-{rank}.safetensors"))
-        save_file(ema.local_state(), os.path.join(tmp, f"ema-{rank}.safetensors"))
-        _write_json(os.path.join(tmp, f"data-{rank}.json"), position.state())
-        accelerator.wait_for_everyone()
+        try:
+            if pickled_state:
+                accelerator.save_state(tmp)
+            else:
+                weights = network_state(use_ema=False)  # every process takes part (FSDP would gather)
+                if is_main:
+                    write_safetensors_atomic(os.path.join(tmp, "model.safetensors"), weights, {})
+                    tensors, metadata = optimizer_state(optimizer)  # DDP: the same on every process
+                    write_safetensors_atomic(os.path.join(tmp, "optimizer.safetensors"), tensors, metadata)
+                tensors, metadata = rng_state(generator, device)
+                write_safetensors_atomic(os.path.join(tmp, f"rng-{rank}.safetensors"), tensors, metadata)
+            write_safetensors_atomic(os.path.join(tmp, f"ema-{rank}.safetensors"), ema.local_state(), {})
+            _write_json(os.path.join(tmp, f"data-{rank}.json"), position.state())
+            accelerator.wait_for_everyone()
+            if is_main:
+                _write_json(os.path.join(tmp, "config.json"), c.to_dict())
+                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+                _write_json(os.path.join(tmp, "trainer_state.json"), {  # last: it marks the folder complete
+                    "format": STATE_FORMAT, "state": "accelerate" if pickled_state else "safetensors",
+                    "step": at_step, "images_seen": images_seen, "seconds": seconds, "world_size": world,
+                    "scaler": scaler,
+                })
+                fsync_dir(tmp)
+                if os.path.isdir(final):  # a checkpoint of this step from an earlier attempt
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                fsync_dir(root)
+        except BaseException:
+            if is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if is_main:
-            _write_json(os.path.join(tmp, "trainer_state.json"),
-                        {"step": at_step, "images_seen": images_seen, "seconds": seconds, "world_size": world})
-            _fsync_dir(tmp)
-            if os.path.isdir(final):  # a checkpoint of this step from an earlier attempt
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(root)
             for _, old in checkpoint_dirs(out)[: -max(c.train.keep_checkpoints, 1)]:
                 shutil.rmtree(old, ignore_errors=True)
             log(f"[train] step {at_step}: checkpoint {final}")
@@ -924,6 +1157,8 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
         log("[data] summary:\n" + stats.report())
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if is_main:
+        unlock_output_dir(out)
     return summary
 
 
@@ -958,23 +1193,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--sample-every", type=int)
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the newest checkpoint in --output-dir (or the one given)")
+                        help="continue from the newest checkpoint in --output-dir (or the one given), with its stored "
+                        "config")
+    parser.add_argument("--override", action="store_true",
+                        help="with --resume: let the flags, --set and --config change the stored config")
+    parser.add_argument("--fsdp-pickled-state", action="store_true", default=None,
+                        help="under FSDP only: save and resume the sharded state in accelerate's pickled format "
+                        "(FSDP runs stop without it; DDP and single-process runs never pickle)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def run(args: argparse.Namespace) -> int:
-    from training.data import DataError
+def resolve_resume(args, flags: dict, first: PairTrainingConfig) -> tuple[PairTrainingConfig, Optional[str]]:
+    """The config and checkpoint of `--resume`: the config stored with the checkpoint, changed only by what is given
+    explicitly (`first` is the config the arguments give on their own); a change that contradicts it (other than
+    FREE_ON_RESUME) stops unless --override."""
+    is_main = int(os.environ.get("RANK", "0")) == 0  # every process reads the same files; one reports
+    log = print if is_main else (lambda message: None)
+    resume_dir = find_resume_dir(args.resume, first.train.output_dir, log, bool(first.train.fsdp_pickled_state))
+    if resume_dir is None:
+        log(f"[train] --resume: no checkpoint in {first.train.output_dir}/checkpoints yet, starting from step 0")
+        return first, None
+    stored_path = os.path.join(resume_dir, "config.json")
+    if not os.path.isfile(stored_path):  # an accelerate-format checkpoint: the run folder's config
+        stored_path = os.path.join(os.path.dirname(os.path.dirname(resume_dir)), "config.json")
+    with open(stored_path, encoding="utf-8") as f:
+        stored = json.load(f)
+    config = resolve_config(args.preset, args.config, args.set, flags, validate=False, base=stored)
+    conflicts = config_conflicts(stored, config.to_dict())
+    if conflicts and not args.override:
+        raise ConfigError(
+            f"--resume: the run in {resume_dir} was trained with another config; {'; '.join(conflicts)}. Resume "
+            f"without those flags to keep the stored config, or add --override to change it"
+        )
+    if conflicts:
+        log(f"[train] --override: resuming with {'; '.join(conflicts)}")
+    return config, resume_dir
 
+
+def run(args: argparse.Namespace) -> int:
+    """`semantica train pairs`; exit status as training/cli.py says (2 with one line for a user's error)."""
+    from training.cli import exit_status
+
+    return exit_status(lambda: _run(args), prog="semantica train pairs")
+
+
+def _run(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name, None) for name in FLAG_KEYS}
-    try:
-        config = resolve_config(args.preset, args.config, args.set, flags, validate=not args.print_config)
-        if args.print_config:
-            print(json.dumps(config.to_dict(), indent=2))
-            return 0
-        train(config, resume=args.resume)
-    except (ConfigError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config, resume = resolve_config(args.preset, args.config, args.set, flags, validate=False), None
+    if not args.print_config and int(os.environ.get("RANK", "0")) == 0:
+        lock_output_dir(config.train.output_dir)  # before anything slow: a second run stops at once
+    if args.resume and not args.print_config:
+        config, resume = resolve_resume(args, flags, config)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    validate_config(config)
+    train(config, resume=resume)
     return 0
 
 

@@ -3,7 +3,9 @@
 One process on the CPU or one GPU (bf16 autocast and channels-last where it has native bf16; --precision). Every --save-every steps and at the end it writes the
 checkpoint (FILE.safetensors, loadable by the nodes and `semantica eval single`) and, next to it, the resume state
 (FILE.safetensors.train-state: raw and EMA weights, optimizer, step, random streams, the prepared image), both
-atomically. --resume continues from that state up to --max-steps; Ctrl-C saves both at the last finished step.
+atomically. --resume continues from that state up to --max-steps with the stored config (a flag that contradicts
+it stops the run; --override applies a new --lr or --batch-size); Ctrl-C saves both at the last finished step. A
+failure (full disk, read-only folder) leaves the files of the last save in place. Exit status: training/cli.py.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="network target (default: eps for sindiffusion as the paper, v for sindiffusion_tiny)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--resume", action="store_true", help="continue from FILE.safetensors.train-state")
+    parser.add_argument("--override", action="store_true",
+                        help="with --resume: use the --lr / --batch-size given instead of the stored ones")
     parser.add_argument("--save-every", type=int, default=1000, help="write checkpoint and state every N steps")
     parser.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
                         help="auto (default): bf16 autocast and channels-last where the CPU or GPU has native bf16, "
@@ -59,8 +63,8 @@ def run(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from semantica_core.atomic import check_writable
     from semantica_core.precision import describe, resolve_precision
-
     from semantica_core.single_image import (
         PRESETS,
         SingleImageTrainConfig,
@@ -78,6 +82,7 @@ def run(args) -> int:
         raise FileNotFoundError(f"training image not found: {image_path}")
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors; got {out}")
+    check_writable(out.parent)  # before training, not at the first save
     state_path = state_path_for(out)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     image = load_image(image_path)
@@ -94,13 +99,26 @@ def run(args) -> int:
                 "to start a new model"
             )
         c = state.config
-        given = {"--preset": (args.preset, c.preset), "--size": (args.size, c.max_side),
-                 "--prediction": (args.prediction, c.diffusion["prediction"]),
-                 "--batch-size": (args.batch_size, c.batch_size), "--lr": (args.lr, c.lr),
-                 "--seed": (args.seed, c.seed)}
-        ignored = [flag for flag, (new, old) in given.items() if new is not None and new != old]
-        if ignored:
-            print(f"resuming with the stored config; ignoring {', '.join(ignored)}", file=sys.stderr)
+        fixed = {"--preset": (args.preset, c.preset), "--size": (args.size, c.max_side),
+                 "--prediction": (args.prediction, c.diffusion["prediction"]), "--seed": (args.seed, c.seed)}
+        changeable = {"--batch-size": (args.batch_size, c.batch_size), "--lr": (args.lr, c.lr)}
+        differ = lambda flags: [f"{flag} {new} (stored: {old})" for flag, (new, old) in flags.items()
+                                if new is not None and new != old]
+        if differ(fixed):
+            raise ValueError(
+                f"{state_path} was trained with another model or image setup: {', '.join(differ(fixed))}; resume "
+                "without these flags, or give another --out to start a new model"
+            )
+        if differ(changeable) and not args.override:
+            raise ValueError(
+                f"{state_path} stores {', '.join(differ(changeable))}; resume without these flags to keep the "
+                "stored values, or add --override to continue with the new ones"
+            )
+        if differ(changeable):
+            state.config = dataclasses.replace(c, lr=args.lr or c.lr, batch_size=args.batch_size or c.batch_size)
+            for group in state.optimizer.param_groups:
+                group["lr"] = state.config.lr
+            print(f"--override: continuing with {', '.join(differ(changeable))}", file=sys.stderr)
         if args.precision or args.no_bf16:  # a speed setting, not part of the model: the one given applies
             state.config = dataclasses.replace(state.config, precision="fp32" if args.no_bf16 else args.precision)
         print(f"resuming {out} at step {state.step}")
@@ -170,14 +188,12 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
+    from training.cli import exit_status
+
     parser = argparse.ArgumentParser(prog="semantica train single", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"semantica: error: {e}", file=sys.stderr)
-        return 1
+    return exit_status(lambda: run(args))
 
 
 if __name__ == "__main__":

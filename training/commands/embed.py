@@ -28,27 +28,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     import torch
 
     from semantica_core.encoders import load_encoder
-    from training.data import DataError, embed_dataset, open_source
+    from training.data import embed_dataset, open_source
 
     shard = args.shard if args.shard is not None else int(os.environ.get("RANK", 0))
     num_shards = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
     device = args.device
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    try:
-        source = open_source(args.data, args.data_format, args.tar_page_from)
-        encoder = load_encoder(args.encoder, device=device)
-        embed_dataset(
-            source, encoder, args.output, shard=shard, num_shards=num_shards, batch_size=args.batch_size,
-            device=device, dtype=args.dtype, images_per_file=args.images_per_file, num_workers=args.num_workers,
-            min_image_size=args.min_image_size,
-        )
-    except DataError as error:
-        print(f"semantica embed: error: {error}", file=sys.stderr)
-        return 2
+    source = open_source(args.data, args.data_format, args.tar_page_from)
+    encoder = load_encoder(args.encoder, device=device)
+    embed_dataset(
+        source, encoder, args.output, shard=shard, num_shards=num_shards, batch_size=args.batch_size,
+        device=device, dtype=args.dtype, images_per_file=args.images_per_file, num_workers=args.num_workers,
+        min_image_size=args.min_image_size,
+    )
     return 0
