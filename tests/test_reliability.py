@@ -97,34 +97,49 @@ def test_too_big_a_request_is_refused_before_it_runs(monkeypatch):
 
 
 PEAK_PROBE = """
-import json, resource, sys, torch
+import json, os, sys, threading, time, torch
 torch.set_num_threads(1)
 from semantica_core.checkpoint import load_checkpoint
 from semantica_core.embeds import Embeds
 from semantica_core.memory import sampling_bytes
 from semantica_core.pipeline import sample_variations
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
 size = int(sys.argv[1])
 model = load_checkpoint(sys.argv[2])
 info = model.encoder_info
 embeds = Embeds(torch.randn(1, info["num_tokens"], info["token_dim"]), torch.randn(1, info["pooled_dim"]),
                 info["encoder_id"])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base, peak, running = rss(), [0], [True]
+
+def watch():  # the resident memory above the loaded model while sampling runs
+    while running[0]:
+        peak[0] = max(peak[0], rss() - base)
+        time.sleep(0.002)
+
+watcher = threading.Thread(target=watch)
+watcher.start()
 sample_variations(model, embeds, seed=0, count=1, steps=1, sampler="euler", width=size, height=size)
-peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
-print(json.dumps({"measured": peak, "estimate": sampling_bytes(model.network, 2, size, size)}))
+running[0] = False
+watcher.join()
+print(json.dumps({"measured": peak[0], "estimate": sampling_bytes(model.network, 2, size, size)}))
 """
 
 
 @pytest.mark.skipif(not DEMO_MODEL.is_file() or not sys.platform.startswith("linux"),
                     reason="needs the demo model and Linux's peak RSS")
 def test_estimate_covers_the_measured_peak():
-    result = subprocess.run([sys.executable, "-c", PEAK_PROBE, "256", str(DEMO_MODEL)], cwd=REPO,
+    env = dict(os.environ, SEMANTICA_PRECISION="fp32")  # the estimate is for float32 activations
+    result = subprocess.run([sys.executable, "-c", PEAK_PROBE, "256", str(DEMO_MODEL)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"256 px, 2 rows: measured {figures['measured'] / 2**20:.0f} MiB, "
           f"estimated {figures['estimate'] / 2**20:.0f} MiB")
-    assert 0.8 * figures["measured"] <= figures["estimate"] <= 2.5 * figures["measured"], figures
+    assert 0.85 * figures["measured"] <= figures["estimate"] <= 2.0 * figures["measured"], figures
 
 
 # --- written files follow the umask --------------------------------------------------------------------------------
