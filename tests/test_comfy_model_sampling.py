@@ -109,3 +109,31 @@ def test_a_pair_model_refuses_conditionings_it_cannot_use(comfy_modules):
     conds = base.extra_conds(cross_attn=torch.zeros(2, 49, 1280), semantica_pooled=torch.zeros(2, 1280),
                              semantica_null=True, semantica_encoder_id=model.encoder_info["encoder_id"])
     assert conds["semantica_null"].cond.tolist() == [1.0, 1.0] and conds["semantica_pooled"].cond.shape == (2, 1280)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
+def test_comfyui_deterministic_samplers_give_our_images(comfy_modules, monkeypatch, sampler):
+    """comfy.sample.sample (KSampler's call) against sample_variations, one image, the same noise (seed s), float32."""
+    import comfy.sample
+
+    from semantica_core.checkpoint import load_checkpoint
+    from semantica_core.embeds import Embeds
+    from semantica_core.pipeline import sample_variations
+
+    monkeypatch.setenv("SEMANTICA_PRECISION", "fp32")
+    _, comfy_model = comfy_modules
+    path = REPO_ROOT / "models" / "demo" / "mnist-pairs.safetensors"
+    ours_model = load_checkpoint(path)
+    patcher = comfy_model.comfy_model(load_checkpoint(path), "mnist-pairs.safetensors")
+    g = torch.Generator().manual_seed(0)
+    embeds = Embeds(torch.rand(1, 49, 1280, generator=g), torch.rand(1, 1280, generator=g),
+                    ours_model.encoder_info["encoder_id"])
+    extras = {comfy_model.ENCODER_ID: embeds.encoder_id}
+    positive = [[embeds.tokens, {**extras, comfy_model.POOLED: embeds.pooled, comfy_model.NULL: False}]]
+    negative = [[torch.zeros_like(embeds.tokens),
+                 {**extras, comfy_model.POOLED: torch.zeros_like(embeds.pooled), comfy_model.NULL: True}]]
+    latent = torch.zeros(1, 3, 32, 32)
+    theirs = comfy.sample.sample(patcher, comfy.sample.prepare_noise(latent, 7), 10, 3.0, sampler, "karras",
+                                 positive, negative, latent, seed=7, disable_pbar=True)
+    ours = sample_variations(ours_model, embeds, seed=7, count=1, steps=10, guidance=3.0, sampler=sampler)
+    assert (theirs.clamp(-1, 1).add(1).div(2) - ours).abs().max() < 1e-4

@@ -176,16 +176,13 @@ def test_ksampler_variations_keep_the_condition_class_as_our_node_does(comfy, di
         theirs[f"{sampler}/{scheduler}"] = consistency(classifier, images, labels, lambda i: i % n)
     record("consistency_and_diversity_ours", ours)
     record("consistency_and_diversity_ksampler", theirs)
-    ours_mean = np.mean([agreement for agreement, _ in ours.values()])
-    theirs_mean = np.mean([agreement for agreement, _ in theirs.values()])
     for name, (agreement, diversity) in ours.items():  # the same sampler and noise levels on both sides
         assert abs(theirs[name.replace("uniform", "simple")][0] - agreement) <= 0.15, (name, theirs, ours)
     for name, (agreement, diversity) in theirs.items():
-        # every sampler keeps the class far above chance (0.1, 4x here); the high-order ODE solvers (uni_pc, heun) less
-        # often at few steps, as our own deterministic samplers do (models/demo/mnist-pairs.md)
-        assert agreement >= 0.4, f"KSampler {name}: consistency {agreement} against ours {ours_mean}"
+        # Every sampler keeps the class far above chance (0.1); the high-order ODE solvers (heun, uni_pc) less often
+        # at 10 steps, and our own heun gives the same images as ComfyUI's (test_comfy_model_sampling.py).
+        assert agreement >= 0.4, f"KSampler {name}: consistency {agreement} (ours: {ours})"
         assert diversity > 0.02, f"KSampler {name}: the two variations of a digit are near copies ({diversity})"
-    assert abs(theirs_mean - ours_mean) <= 0.1, (theirs_mean, ours_mean)
 
 
 @pytest.fixture(scope="module")
