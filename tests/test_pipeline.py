@@ -18,6 +18,14 @@ TOKENS, TOKEN_DIM, POOLED_DIM = 4, 16, 16
 BATCH_ATOL = 1 / 255
 
 
+def batch_atol(model) -> float:
+    """BATCH_ATOL in float32; on the bf16 fast path (precision auto on a CPU with native bf16) the kernels' rounding
+    differs by batch size at bf16's precision, a few eps after several steps: still far below a wrong seed's tenths."""
+    if model.denoiser.resolved_precision(next(model.network.parameters()).device).dtype == torch.bfloat16:
+        return 4 * torch.finfo(torch.bfloat16).eps
+    return BATCH_ATOL
+
+
 def randomize_zero_init(network: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
     """An untrained network starts with zero output layers and so ignores its input; random ones make the tests bite."""
     with torch.no_grad():
@@ -78,7 +86,7 @@ def test_variations_are_the_same_alone_and_in_a_batch_of_8(model):
     assert batch.shape == (8, 3, 32, 32) and 0 <= batch.min() and batch.max() <= 1
     for k in (0, 3, 7):
         alone = sample_variations(model, cond, seed=11 + k, count=1, steps=3, sampler="euler_ancestral")
-        torch.testing.assert_close(batch[k], alone[0], atol=BATCH_ATOL, rtol=0)
+        torch.testing.assert_close(batch[k], alone[0], atol=batch_atol(model), rtol=0)
     assert (batch[0] - batch[1]).abs().max() > 0.05  # different seeds, different images
     again = sample_variations(model, cond, seed=11, count=8, steps=3, sampler="euler_ancestral")
     assert torch.equal(batch, again)  # the same call is bit for bit reproducible
@@ -90,7 +98,7 @@ def test_rows_and_count_order_seeds_row_major(model):
     assert out.shape == (4, 3, 32, 32)
     # image k of condition j uses seed + j * count + k
     second_row = sample_variations(model, cond.select(1), seed=5, count=2, steps=2, sampler="euler")
-    torch.testing.assert_close(out[2:], second_row, atol=BATCH_ATOL, rtol=0)
+    torch.testing.assert_close(out[2:], second_row, atol=batch_atol(model), rtol=0)
 
 
 def test_sdedit_is_the_same_alone_and_in_a_batch_of_8(model):
@@ -99,7 +107,7 @@ def test_sdedit_is_the_same_alone_and_in_a_batch_of_8(model):
     assert batch.shape == guide.shape
     for i in (0, 5):
         alone = sdedit_images(model, guide[i : i + 1], seed=21 + i, t0=0.6, steps=3, sampler="ddpm")
-        torch.testing.assert_close(batch[i], alone[0], atol=BATCH_ATOL, rtol=0)
+        torch.testing.assert_close(batch[i], alone[0], atol=batch_atol(model), rtol=0)
 
 
 @pytest.mark.parametrize("width, height", [(30, 18), (33, 7), (1, 1), (32, 32)])
