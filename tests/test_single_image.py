@@ -136,7 +136,9 @@ def test_samples_at_twice_the_width(trained):
     assert 0 <= wide.min() and wide.max() <= 1
     # image k depends only on seed + k
     alone = sample_single_image(model, seed=2, count=1, width=2 * width, steps=10)
-    assert torch.allclose(alone[0], wide[1], atol=1e-5)
+    # float32: identical to rounding; the bf16 fast path rounds differently per batch size, to a few bf16 eps
+    bf16 = model.denoiser.resolved_precision(wide.device).dtype == torch.bfloat16
+    assert torch.allclose(alone[0], wide[1], atol=4 * torch.finfo(torch.bfloat16).eps if bf16 else 1e-5)
 
 
 def test_outpaint_keeps_the_known_region_exactly(trained):
