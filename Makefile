@@ -10,7 +10,7 @@ COMFY_BASE := $(SEMANTICA_HOME)/comfy-base
 # Tests and the demo never reach a model hub: fail at once instead of hanging.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-fast thumbnails demo demo-models comfyui bench clean
+.PHONY: setup test test-fast thumbnails demo demo-models comfyui bench gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -64,6 +64,10 @@ comfyui: setup
 
 bench: setup
 	$(PYTHON) -m training.cli bench
+
+# One table of what a lent GPU does (benchmarks/gpu_check.sh); about 6 minutes on one H100/H200.
+gpu-check: setup
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf out .pytest_cache
