@@ -709,8 +709,14 @@ def test_a_batch_of_images_gives_variations_of_every_image(comfy, pair_model, in
     alone = {"a": both["a"], "b": {"class_type": "ImageScale", "inputs": {  # as ImageBatch resized it
         "image": ["a", 0], "upscale_method": "bilinear", "width": 40, "height": 28, "crop": "center"}}}
     second = comfy.get_images(comfy.run(prompt(alone, seed=62)))
-    for got, want in zip(batch[2:], second):  # equal up to float rounding between batch sizes
-        assert np.abs(got.astype(int) - want).max() <= 1
+    from semantica_core.precision import resolve_precision
+
+    # equal up to the rounding of the server's precision between batch sizes: one 8-bit level in float32; on the
+    # bf16 fast path (a CPU with native bf16) a few bf16 eps after the steps, far below a wrong seed's tenths
+    bf16 = resolve_precision(None, torch.device("cpu")).dtype == torch.bfloat16
+    for got, want in zip(batch[2:], second):
+        difference = np.abs(got.astype(int) - want)
+        assert difference.max() <= (24 if bf16 else 1) and difference.mean() < (4 if bf16 else 1), difference.mean()
     assert np.abs(batch[0].astype(int) - batch[2]).mean() > 1  # and the two images gave different variations
 
 
