@@ -53,10 +53,11 @@ def test_the_pack_serves_every_workflow_as_a_template(frontend):
     assert frontend.templates_listed() == TEMPLATES
 
 
+@pytest.mark.timeout(1800)  # the in-graph training template trains for minutes; the others take seconds
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_a_template_opens_and_runs_as_it_is(frontend, name):
     started = time.monotonic()
-    run = frontend.run_template(name, timeout=900)
+    run = frontend.run_template(name, timeout=1700)
     frontend.screenshot(SHOTS / f"{name}.png")
     assert not run.dialogs, f"the page showed a dialog: {run.dialogs}"
     assert run.status == "success", run.error or run.status

@@ -159,7 +159,7 @@ class Frontend:
                 out.setdefault(node_id, []).append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
         return out
 
-    def run_template(self, name: str, timeout: float = 600) -> TemplateRun:
+    def run_template(self, name: str, timeout: float = 1700) -> TemplateRun:
         run = TemplateRun(name)
         run.dialogs = self.open_template(name)
         if run.dialogs:
