@@ -27,7 +27,7 @@ thumbnails: setup
 	$(PYTHON) -m tools.frontend --thumbnails --screenshots out/browser
 
 demo: setup
-	$(PYTHON) -m training.demo --out out/demo
+	$(PYTHON) -m tools.demo --out out/demo
 
 # Rebuilds models/demo/ (MNIST pair and reconstruct models, the digit classifier, the SinDiffusion rocket); about
 # two and a half hours on a 2-core CPU (see models/demo/README.md), minutes on a GPU.
@@ -35,7 +35,7 @@ DEMO_WORK := out/demo-work
 DEMO_TRAIN := --data out/demo-data/train --cache $(DEMO_WORK)/cache --config training/configs/demo-mnist.toml
 SINGLE_STEPS ?= 3500
 demo-models: setup
-	$(PYTHON) scripts/make_demo_data.py --out out/demo-data --photo-out $(DEMO_WORK)/rocket.png \
+	$(PYTHON) -m training.demo_data --out out/demo-data --photo-out $(DEMO_WORK)/rocket.png \
 		--classifier-out models/eval/mnist-classifier.safetensors
 	$(PYTHON) -m training.cli encoder export efficientnet-lite0 --out $(DEMO_WORK)/efficientnet-lite0.safetensors
 	$(PYTHON) -m training.cli embed --data out/demo-data/train --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
@@ -48,7 +48,7 @@ demo-models: setup
 	done
 	$(PYTHON) -m training.cli train single $(DEMO_WORK)/rocket.png --out $(DEMO_WORK)/sindiffusion-rocket.safetensors \
 		--preset sindiffusion_tiny --max-steps $(SINGLE_STEPS) --save-every 250
-	$(PYTHON) scripts/make_demo_data.py \
+	$(PYTHON) -m training.demo_data \
 		--slim $(DEMO_WORK)/train-pairs/model.safetensors models/demo/mnist-pairs.safetensors \
 		--slim $(DEMO_WORK)/train-reconstruct/model.safetensors models/demo/mnist-reconstruct.safetensors \
 		--slim $(DEMO_WORK)/sindiffusion-rocket.safetensors models/demo/sindiffusion-rocket.safetensors
@@ -60,7 +60,7 @@ demo-models: setup
 		--images $(DEMO_WORK)/rocket.png --json $(DEMO_WORK)/eval-single.json
 
 comfyui: setup
-	@$(PYTHON) scripts/run_comfyui.py --comfyui $(COMFY) --base $(COMFY_BASE) --port $(PORT)
+	@$(PYTHON) -m tools.run_comfyui --comfyui $(COMFY) --base $(COMFY_BASE) --port $(PORT)
 
 bench: setup
 	$(PYTHON) -m training.cli bench

@@ -1,4 +1,4 @@
-"""The demo end to end, reduced (`python -m training.demo --quick`): a real ComfyUI server runs the shipped workflows
+"""The demo end to end, reduced (`python -m tools.demo --quick`): a real ComfyUI server runs the shipped workflows
 on the embedded demo models, and the images, the contact sheet and the metrics come out."""
 from __future__ import annotations
 
@@ -12,15 +12,11 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODELS = REPO_ROOT / "models" / "demo"
 
-pytestmark = [pytest.mark.slow, pytest.mark.host]
-
 
 def test_stroke_painting_keeps_the_digit_layout():
     import numpy as np
 
-    from training.demo import load_demo_data_module
-
-    stroke_painting = load_demo_data_module().stroke_painting
+    from training.demo_data import stroke_painting
 
     digit = np.zeros((32, 32), dtype=np.uint8)
     digit[8:24, 14:18] = 255  # a "1"
@@ -29,13 +25,15 @@ def test_stroke_painting_keeps_the_digit_layout():
     assert painting[16, 15] > 0 and painting[2, 2] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.host
 def test_quick_demo_writes_images_sheet_and_metrics(tmp_path):
     missing = [n for n in ("mnist-pairs.safetensors", "mnist-reconstruct.safetensors") if not (DEMO_MODELS / n).is_file()]
     if missing:
         pytest.skip(f"embedded demo models missing: {missing}")
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "training.demo", "--quick", "--out", str(out), "--base", str(tmp_path / "base")],
+        [sys.executable, "-m", "tools.demo", "--quick", "--out", str(out), "--base", str(tmp_path / "base")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

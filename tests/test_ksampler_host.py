@@ -7,7 +7,6 @@ class, default 1) for larger runs.
 """
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -107,11 +106,10 @@ def record(name: str, value):
 @pytest.fixture(scope="module")
 def heldout_digits():
     """One held-out MNIST digit of each class (the demo split: never trained on), as ([10, 32, 32] uint8, labels)."""
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    import make_demo_data
+    from training.demo_data import heldout_indices, load_mnist
 
-    digits, labels = make_demo_data.load_mnist()
-    held = make_demo_data.heldout_indices(labels, 500, 0)
+    digits, labels = load_mnist()
+    held = heldout_indices(labels, 500, 0)
     chosen = [i for c in range(10) for i in [j for j in held if labels[j] == c][:PER_CLASS]]
     return digits[chosen], labels[chosen]
 
@@ -127,7 +125,6 @@ def digits_input(comfy, heldout_digits, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def classifier():
-    sys.path.insert(0, str(REPO_ROOT))
     from training.eval_variations import load_classifier
 
     return load_classifier(str(CLASSIFIER))[0]

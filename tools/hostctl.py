@@ -1,6 +1,6 @@
 """A real ComfyUI host with the pack, run headless: start and stop the server, queue workflows, read results.
 
-Used by the host tests (tests/conftest.py), `make comfyui` (scripts/run_comfyui.py) and the demo. It never
+Used by the host tests (tests/conftest.py), `make comfyui` (tools/run_comfyui.py) and the demo. It never
 imports ComfyUI: the server is a subprocess (`main.py` of the unpacked host, see scripts/setup.sh), driven over
 HTTP and the websocket like the frontend does.
 """

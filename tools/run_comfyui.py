@@ -8,9 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools.hostctl import ComfyServer, default_comfy_dir, semantica_home  # noqa: E402
+from tools.hostctl import ComfyServer, default_comfy_dir, semantica_home
 
 
 def main(argv=None) -> int:
