@@ -186,7 +186,7 @@ def loss_curve(image: torch.Tensor, steps: int, chunk: int = 25, device: str = "
                preset: str = "sindiffusion_tiny", out=print) -> dict:
     """`train_single_image` twice from one seed, float32 NCHW and `precision`, alternating `chunk` steps at a time:
     the loss of every step of both (same scales, timesteps and noise) and the seconds each spent training."""
-    from semantica_core.single_image import SingleImageTrainConfig, init_train_state, train_single_image
+    from semantica_core.single_image_train import SingleImageTrainConfig, init_train_state, train_single_image
 
     states, losses, seconds = {}, {}, {}
     for name in ("fp32", precision):

@@ -34,14 +34,14 @@ from semantica_core.checkpoint import load_checkpoint  # noqa: E402
 from semantica_core.metrics.frechet import frechet_distance_features  # noqa: E402
 from semantica_core.metrics.sifid import sifid, sifid_feature_network, spatial_features  # noqa: E402
 from semantica_core.precision import describe, resolve_precision  # noqa: E402
-from semantica_core.single_image import (  # noqa: E402
+from semantica_core.single_image_train import (  # noqa: E402
     PRESETS,
     SingleImageTrainConfig,
     init_train_state,
-    sample_single_image,
     save_single_image_checkpoint,
     train_single_image,
 )
+from semantica_core.single_image import sample_single_image  # noqa: E402
 
 NFE_PER_STEP = {"heun": 2}  # model evaluations per step (Heun: 2, but 1 for its last step to 0)
 

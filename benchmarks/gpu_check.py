@@ -80,7 +80,7 @@ def check_unet(device: torch.device, sizes, peak: float, compile_modes) -> list[
 
 def check_single(device: torch.device, size) -> list[dict]:
     from semantica_core.precision import describe, resolve_precision
-    from semantica_core.single_image import SingleImageTrainConfig, init_train_state, train_single_image
+    from semantica_core.single_image_train import SingleImageTrainConfig, init_train_state, train_single_image
 
     preset, side, steps = size
     config = SingleImageTrainConfig.from_preset(preset, max_side=side)

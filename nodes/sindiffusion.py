@@ -155,7 +155,7 @@ class SinDiffusionTrain(io.ComfyNode):
     @classmethod
     def execute(cls, image, steps, size, preset, seed, model_name) -> io.NodeOutput:
         from semantica_core.checkpoint import load_checkpoint
-        from semantica_core.single_image import (
+        from semantica_core.single_image_train import (
             PRESETS,
             SingleImageTrainConfig,
             prepare_training_image,

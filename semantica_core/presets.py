@@ -8,7 +8,7 @@ Single image (`PatchUNet`, kind "single_image"):
   sindiffusion       SinDiffusion's network: base 64, mult (1,2,4), 1 res block; receptive field 101 px, 7.7M.
   sindiffusion_tiny  base 32, mult (1,2); receptive field 45 px, 0.5M, for CPUs and tests.
 Heads are 32 (tiny) or 64 channels wide. Parameter counts move a little with the encoder's token and pooled widths.
-The single-image presets match semantica_core.single_image.PRESETS.
+The single-image presets match semantica_core.single_image_train.PRESETS.
 """
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ def test_a_read_only_folder_stops_each_writing_command(tmp_path, photo):
 
 def test_a_full_disk_during_train_single_keeps_the_last_save(tmp_path, photo):
     from semantica_core.checkpoint import load_checkpoint
-    from semantica_core.single_image import load_train_state, state_path_for
+    from semantica_core.single_image_train import load_train_state, state_path_for
 
     with tmpfs(tmp_path / "disk", "24m") as disk:
         out = disk / "model.safetensors"

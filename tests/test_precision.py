@@ -48,7 +48,7 @@ def test_auto_is_float32_nchw_on_a_cpu_without_native_bf16(monkeypatch):
     monkeypatch.setattr(P, "cpu_native_bf16", lambda: False)
     assert P.resolve_precision(None, "cpu") == P.Precision("cpu")
     assert P.accelerate_mixed_precision("auto", "cpu") == "no"
-    from semantica_core.single_image import SingleImageTrainConfig, train_single_image
+    from semantica_core.single_image_train import SingleImageTrainConfig, train_single_image
 
     config = SingleImageTrainConfig.from_preset(
         "sindiffusion_tiny", max_side=16, batch_size=2, network={"base_channels": 8, "channel_mult": [1, 2]}
@@ -59,7 +59,7 @@ def test_auto_is_float32_nchw_on_a_cpu_without_native_bf16(monkeypatch):
 
 
 def test_old_state_files_map_onto_the_vocabulary():
-    from semantica_core.single_image import SingleImageTrainConfig
+    from semantica_core.single_image_train import SingleImageTrainConfig
 
     base = SingleImageTrainConfig.from_preset("sindiffusion_tiny").to_dict()
     del base["precision"]

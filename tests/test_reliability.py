@@ -148,8 +148,12 @@ def test_estimate_covers_the_measured_peak():
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_written_files_follow_the_umask(tmp_path, umask, mode):
     from semantica_core.atomic import write_json_atomic
-    from semantica_core.single_image import (SingleImageTrainConfig, init_train_state, save_single_image_checkpoint,
-                                             save_train_state)
+    from semantica_core.single_image_train import (
+        SingleImageTrainConfig,
+        init_train_state,
+        save_single_image_checkpoint,
+        save_train_state,
+    )
     from training.cli import main
 
     previous = os.umask(umask)

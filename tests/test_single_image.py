@@ -23,17 +23,16 @@ from semantica_core.metrics.sifid import (
     sifid_feature_network,
 )
 from semantica_core.networks import PatchUNet, PatchUNetConfig
-from semantica_core.single_image import (
+from semantica_core.single_image_train import (
     PRESETS,
     SingleImageTrainConfig,
     init_train_state,
-    outpaint,
     prepare_training_image,
-    sample_single_image,
     save_single_image_checkpoint,
     state_path_for,
     train_single_image,
 )
+from semantica_core.single_image import outpaint, sample_single_image
 
 TRAIN_STEPS = 200
 TRAIN_SIDE = 64

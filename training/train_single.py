@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from semantica_core.single_image import PRESETS
+    from semantica_core.single_image_train import PRESETS
 
     parser.add_argument("image", metavar="IMAGE", help="the training image (png, jpg, webp)")
     parser.add_argument("--out", required=True, help="output checkpoint FILE.safetensors (state file goes next to it)")
@@ -65,7 +65,7 @@ def run(args) -> int:
 
     from semantica_core.atomic import check_writable
     from semantica_core.precision import describe, resolve_precision
-    from semantica_core.single_image import (
+    from semantica_core.single_image_train import (
         PRESETS,
         SingleImageTrainConfig,
         init_train_state,

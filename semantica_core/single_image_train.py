@@ -1,0 +1,357 @@
+"""SinDiffusion training: train a patch-level diffusion model on one image and write its checkpoint.
+
+Training follows the official code (arXiv 2211.12445): the whole image with its long side at most 250 px, each batch
+bicubically rescaled by U(0.75, 1.25) per axis and snapped to multiples of 4, DDPM's T=1000 linear betas, eps
+prediction (v for the tiny preset: see PRESETS), unweighted MSE, uniform timesteps, AdamW, EMA. Unlike it, this runs
+in one process on the CPU or one GPU, resumes from a state file, and writes the checkpoint that the samplers
+(semantica_core.single_image), the nodes and `sdedit_images` read.
+
+Pure torch: the CLI (`semantica train single`) and the ComfyUI node SinDiffusionTrain both call
+`train_single_image`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import (
+    CheckpointError,
+    load_safetensors_tensors,
+    read_safetensors_header,
+    save_checkpoint,
+    write_safetensors_atomic,
+)
+from .diffusion import Denoiser, DiffusionConfig, ScheduleConfig
+from .memory import check_fits, training_bytes
+from .networks import PatchUNet, PatchUNetConfig
+from .precision import PRECISIONS, resolve_precision
+
+# Network, image size, training length and prediction per preset. "sindiffusion" is the paper's: receptive field
+# 101 px (about 40% of a 250 px image), 50k iterations, eps prediction. The tiny one keeps that ratio (45 px of
+# 112) at about a sixteenth of the compute per step, for CPUs and tests, and predicts v: GroupNorm hides the
+# global mean of the network's input, so an eps model cannot see the mean of the noise it must remove, and its x0
+# estimate inherits a colour error of about sigma / sqrt(H * W) per channel. On small images that randomises the
+# colour of every sample (chelsea at 64 px, 600 steps: substitute SIFID 8.0 with eps, 0.43 with v).
+PRESETS = {
+    "sindiffusion": {"network": PatchUNetConfig().to_dict(), "max_side": 250, "steps": 50_000, "prediction": "eps"},
+    "sindiffusion_tiny": {
+        "network": PatchUNetConfig(base_channels=32, channel_mult=(1, 2)).to_dict(),
+        "max_side": 112,
+        "steps": 4_000,
+        "prediction": "v",
+    },
+}
+STATE_SUFFIX = ".train-state"  # no model-file extension, so ComfyUI's model lists never show it
+
+
+def sindiffusion_diffusion(prediction: str = "eps") -> DiffusionConfig:
+    """DDPM's T=1000 linear betas with uniform integer timesteps, as the paper."""
+    return DiffusionConfig(schedule=ScheduleConfig(kind="vp_linear", timesteps=1000), prediction=prediction)
+
+
+@dataclass
+class SingleImageTrainConfig:
+    """Everything that defines a single-image training run; stored in the state file and the checkpoint."""
+
+    network: dict = field(default_factory=lambda: dict(PRESETS["sindiffusion"]["network"]))
+    diffusion: dict = field(default_factory=lambda: sindiffusion_diffusion().to_dict())
+    preset: str = "sindiffusion"
+    max_side: int = 250  # long side of the training image in pixels (smaller images are not enlarged)
+    scale_min: float = 0.75  # each batch is resized by U(scale_min, scale_max) per axis
+    scale_max: float = 1.25
+    size_multiple: int = 4  # batch sizes snap down to multiples of this (and of the network's own multiple)
+    batch_size: int = 8
+    lr: float = 5e-4
+    ema_decay: float = 0.9999
+    seed: int = 0
+    precision: str = "auto"  # auto | bf16 | fp32: the network's forward (semantica_core.precision)
+
+    def __post_init__(self):
+        if self.max_side < 8:
+            raise ValueError(f"max_side must be at least 8 px; got {self.max_side}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"need 0 < scale_min <= scale_max; got {self.scale_min}, {self.scale_max}")
+        if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError("batch_size must be >= 1, lr > 0 and ema_decay in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        PatchUNetConfig.from_dict(self.network)  # fail early on a bad network config
+        DiffusionConfig.from_dict(self.diffusion)
+
+    @classmethod
+    def from_preset(cls, preset: str = "sindiffusion", prediction: Optional[str] = None, **overrides):
+        """A preset's network, size and prediction ("eps", "v" or "x0"); `overrides` set any field (None values are
+        ignored)."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
+        values = {
+            "network": dict(PRESETS[preset]["network"]),
+            "max_side": PRESETS[preset]["max_side"],
+            "preset": preset,
+            "diffusion": sindiffusion_diffusion(prediction or PRESETS[preset]["prediction"]).to_dict(),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SingleImageTrainConfig":
+        data = dict(data)
+        if "mixed_precision" in data:  # state files before the precision switch: "no" meant float32 everywhere
+            data.setdefault("precision", "fp32" if data.pop("mixed_precision") == "no" else "auto")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SingleImageTrainConfig keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def prepare_training_image(image: torch.Tensor, max_side: int) -> torch.Tensor:
+    """[1,3,H,W] (or [3,H,W]) in [0, 1] -> [1,3,h,w] in [-1, 1] with max(h, w) <= max_side (never enlarged)."""
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(f"train on one RGB image [1,3,H,W] in [0, 1]; got shape {tuple(image.shape)}")
+    height, width = image.shape[-2:]
+    scale = min(1.0, max_side / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    image = image.float()
+    if size != (height, width):
+        image = F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return image.clamp(0, 1) * 2 - 1
+
+
+def random_rescale(image: torch.Tensor, generator: torch.Generator, config: SingleImageTrainConfig, multiple: int):
+    """The paper's augmentation: one bicubic resize of the whole image by U(min, max) per axis, sizes snapped down to
+    `multiple` (at least one multiple)."""
+    height, width = image.shape[-2:]
+    u = torch.rand(2, generator=generator).tolist()
+    scales = [config.scale_min + (config.scale_max - config.scale_min) * v for v in u]
+    size = (_scaled_side(height, scales[0], multiple), _scaled_side(width, scales[1], multiple))
+    out = F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return out.clamp(-1, 1)
+
+
+def _scaled_side(side: int, scale: float, multiple: int) -> int:
+    """One side of a rescaled batch: snapped down to `multiple`, at least one multiple."""
+    return max(multiple, multiple * (round(side * scale) // multiple))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class SingleImageTrainState:
+    """A training run in progress: the raw and EMA networks, the optimizer, the step and the random streams."""
+
+    config: SingleImageTrainConfig
+    image: torch.Tensor  # the prepared training image [1,3,h,w] in [-1, 1], on the training device
+    source_size: tuple  # (width, height) of the image before resizing
+    network: PatchUNet
+    ema: PatchUNet
+    optimizer: torch.optim.Optimizer
+    data_generator: torch.Generator  # CPU: the per-batch scales
+    noise_generator: torch.Generator  # on the device: timesteps and noise
+    step: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.image.device
+
+    def receptive_field(self) -> int:
+        # measured by backpropagation, so also from callers under no_grad / inference_mode (ComfyUI)
+        with torch.inference_mode(False), torch.enable_grad():
+            return self.network.receptive_field()
+
+    def training_info(self, **extra) -> dict:
+        """What the checkpoint records about this run (JSON-safe)."""
+        height, width = self.image.shape[-2:]
+        info = {
+            "method": "sindiffusion",
+            "preset": self.config.preset,
+            "steps": self.step,
+            "source_width": int(self.source_size[0]),
+            "source_height": int(self.source_size[1]),
+            "train_width": int(width),
+            "train_height": int(height),
+            "receptive_field": self.receptive_field(),
+            "config": self.config.to_dict(),
+        }
+        info.update(extra)
+        return info
+
+
+def _new_generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def init_train_state(image: torch.Tensor, config: SingleImageTrainConfig, device=None) -> SingleImageTrainState:
+    """A fresh run on `image` [1,3,H,W] in [0, 1]; the network's initial weights depend only on config.seed."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    source_size = (int(image.shape[-1]), int(image.shape[-2]))
+    prepared = prepare_training_image(image, config.max_side).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
+        torch.manual_seed(config.seed)
+        network = PatchUNet(PatchUNetConfig.from_dict(config.network))
+    network.to(device).train()
+    ema = copy.deepcopy(network).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=0.0)
+    return SingleImageTrainState(
+        config=config,
+        image=prepared,
+        source_size=source_size,
+        network=network,
+        ema=ema,
+        optimizer=optimizer,
+        data_generator=_new_generator(torch.device("cpu"), config.seed),
+        noise_generator=_new_generator(device, config.seed + 1),
+    )
+
+
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, network: torch.nn.Module, decay: float) -> None:
+    ema_params = [p for p in ema.parameters()]
+    params = [p.detach() for p in network.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), network.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA warm-up (1 + n) / (10 + n) capped at `decay`: 0.9999 alone would leave a short run at its random init."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def train_single_image(
+    image: Optional[torch.Tensor],
+    config: Optional[SingleImageTrainConfig] = None,
+    steps: int = 1000,
+    callback: Optional[Callable[[dict], None]] = None,
+    state: Optional[SingleImageTrainState] = None,
+    device=None,
+) -> SingleImageTrainState:
+    """Trains until `state.step == steps` (a total, so a resumed run continues to the same end) and returns the state.
+
+    image [1,3,H,W] in [0, 1] (ignored when `state` is given). callback({"step", "total", "loss"}) after every
+    step, with `loss` a detached 0-dim tensor on the device (call .item() only when you print it: it syncs the GPU);
+    raising from it stops training, and the state stays consistent at the last finished step.
+    """
+    if state is None:
+        if image is None or config is None:
+            raise ValueError("train_single_image needs an image and a config, or a state to continue")
+        state = init_train_state(image, config, device)
+    config, network, device = state.config, state.network, state.device
+    # Only the forward runs in bf16: weights, gradients, AdamW state and the EMA (NCHW) stay float32.
+    precision = resolve_precision(config.precision, device)
+    denoiser = Denoiser(network, DiffusionConfig.from_dict(config.diffusion), precision)
+    multiple = math.lcm(config.size_multiple, network.required_multiple())
+    height, width = state.image.shape[-2:]
+    largest = [_scaled_side(side, config.scale_max, multiple) for side in (height, width)]  # the biggest batch
+    check_fits(
+        training_bytes(network, config.batch_size, *largest), device,
+        f"training on a {width}x{height} image in batches of {config.batch_size}",
+        "train at a smaller size (the image's long side) or with a smaller batch",
+    )
+    network.train()
+    while state.step < steps:
+        x0 = random_rescale(state.image, state.data_generator, config, multiple)
+        x0 = x0.expand(config.batch_size, -1, -1, -1).contiguous()
+        loss = denoiser.loss(x0, generator=state.noise_generator)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        _update_ema(state.ema, network, ema_decay_at(state.step, config.ema_decay))
+        state.step += 1
+        if callback is not None:
+            callback({"step": state.step, "total": steps, "loss": loss.detach()})
+    network.eval()
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files: the checkpoint (what users share) and the resume state (next to it)
+
+
+def save_single_image_checkpoint(path, state: SingleImageTrainState, **training_info) -> Path:
+    """Writes the run as a `single_image` checkpoint (raw and EMA weights; samplers load the EMA)."""
+    return save_checkpoint(
+        path,
+        kind="single_image",
+        network_config=state.config.network,
+        diffusion_config=state.config.diffusion,
+        state_dict=state.network.state_dict(),
+        ema_state_dict=state.ema.state_dict(),
+        training_info=state.training_info(**training_info),
+    )
+
+
+def state_path_for(checkpoint_path) -> Path:
+    """Where the resume state of a checkpoint lives: next to it, `<name>.train-state`."""
+    path = Path(checkpoint_path)
+    return path.with_name(path.name + STATE_SUFFIX)
+
+
+def save_train_state(path, state: SingleImageTrainState) -> Path:
+    """Everything needed to continue the run, as safetensors (atomic; nothing is pickled)."""
+    tensors = {f"network.{k}": v for k, v in state.network.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in state.ema.state_dict().items()})
+    optim = state.optimizer.state_dict()
+    for index, values in optim["state"].items():
+        for name, value in values.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
+    tensors["image"] = state.image
+    tensors["rng.data"] = state.data_generator.get_state()
+    tensors["rng.noise"] = state.noise_generator.get_state()
+    metadata = {
+        "semantica_train_state": json.dumps(1),
+        "config": json.dumps(state.config.to_dict()),
+        "step": json.dumps(state.step),
+        "source_size": json.dumps(list(state.source_size)),
+        "param_groups": json.dumps(optim["param_groups"]),
+        "noise_device": json.dumps(state.noise_generator.device.type),
+    }
+    return write_safetensors_atomic(path, tensors, metadata)
+
+
+def load_train_state(path, device=None) -> SingleImageTrainState:
+    """Rebuilds a run saved by `save_train_state` on `device` (the noise stream restarts if the device type changed)."""
+    header, metadata = read_safetensors_header(path, "training state")
+    if "semantica_train_state" not in metadata:
+        raise CheckpointError(f"{path} is not a single-image training state; delete it or train without --resume")
+    tensors = load_safetensors_tensors(path, what="training state")
+    config = SingleImageTrainConfig.from_dict(json.loads(metadata["config"]))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = init_train_state(torch.zeros(1, 3, 8, 8), config, device)
+    state.image = tensors["image"].to(device)
+    state.source_size = tuple(json.loads(metadata["source_size"]))
+    state.step = int(json.loads(metadata["step"]))
+    state.network.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("network.")})
+    state.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    optim_state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optim_state.setdefault(int(index), {})[name] = value
+    state.optimizer.load_state_dict({"state": optim_state, "param_groups": json.loads(metadata["param_groups"])})
+    state.data_generator.set_state(tensors["rng.data"])
+    if json.loads(metadata["noise_device"]) == device.type:
+        state.noise_generator.set_state(tensors["rng.noise"].to(state.noise_generator.get_state().device))
+    else:
+        warnings.warn(f"{path} was saved on another device type; the noise stream restarts from the seed", stacklevel=2)
+    return state
