@@ -62,7 +62,7 @@ def _walk(network: nn.Module, height: int, width: int) -> tuple[int, int]:
         peak, total = max(peak, live + work), total + work
         skips.append((px, c))
         live += px * c
-    for layer in getattr(network, "middle", ()):
+    for layer in network.middle:
         work, px, c = visit(layer, px, c)
         peak, total = max(peak, live + work), total + work
     for layer in network.up:

@@ -12,6 +12,7 @@ from semantica_core.networks import (
     UNetConfig,
     build_network,
 )
+from semantica_core.networks.patch_unet import remove_group_norms
 from semantica_core.presets import PRESETS, network_preset, preset_kind
 
 TOKEN_DIM, POOLED_DIM = 12, 10
@@ -124,14 +125,6 @@ def test_presets_build():
         network_preset("huge")
 
 
-def _remove_group_norms(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.GroupNorm):
-            setattr(module, name, nn.Identity())
-        else:
-            _remove_group_norms(child)
-
-
 def test_patch_unet_receptive_field_bounds_the_dependence():
     # By hand for the default: each 3x3 conv widens the window by 2 * (its input's pixel spacing), so
     # 1 + 2*(in + 2 res + down) + 4*(2 res + down) + 8*(2 + 4 res) + 4*(up + 4 res) + 2*(up + 4 res + out) = 101.
@@ -141,7 +134,7 @@ def test_patch_unet_receptive_field_bounds_the_dependence():
     # GroupNorm's per-image statistics couple all pixels weakly; without them the window must be exact.
     torch.manual_seed(0)
     net = randomize(PatchUNet(PatchUNetConfig(base_channels=8))).double().eval()
-    _remove_group_norms(net)
+    remove_group_norms(net)
     rf, size, centre = 101, 160, 80
     x = torch.randn(1, 3, size, size, dtype=torch.float64)
     c = torch.zeros(1, dtype=torch.float64)
@@ -158,11 +151,11 @@ def test_patch_unet_receptive_field_bounds_the_dependence():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
-    import semantica_core.networks.unet as unet_module
+    import semantica_core.networks.backbone as backbone_module
 
     calls = []
-    original = unet_module.checkpoint
-    monkeypatch.setattr(unet_module, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = backbone_module.checkpoint
+    monkeypatch.setattr(backbone_module, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
     grads = []
     for flag in (False, True):
         net = small_unet(dropout=0.1, gradient_checkpointing=flag).train()

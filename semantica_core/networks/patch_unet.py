@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .blocks import Downsample, ResBlock, TimestepEmbedder, Upsample, group_norm, run_block_check, zero_module
-from .unet import config_from_dict, config_to_dict
+from ..config import from_dict as config_from_dict, to_dict as config_to_dict
+from .backbone import UNetBackbone
+from .blocks import ResBlock, TimestepEmbedder
 
 
 @dataclass
@@ -43,43 +43,15 @@ class PatchUNetConfig:
         return config_from_dict(cls, data)
 
 
-class PatchUNet(nn.Module):
+class PatchUNet(UNetBackbone):
     """net(x, c_noise, tokens=None, pooled=None, drop_cond=None) -> out; the condition arguments are ignored."""
 
     def __init__(self, config: PatchUNetConfig):
         super().__init__()
         self.config = config
-        base = config.base_channels
-        emb_dim = 4 * base
-        self.time_embed = TimestepEmbedder(base, emb_dim)
-
-        self.conv_in = nn.Conv2d(config.in_channels, base, 3, padding=1)
-        self.down = nn.ModuleList()
-        skip_channels = [base]
-        channels = base
-        for level, mult in enumerate(config.channel_mult):
-            for _ in range(config.num_res_blocks):
-                self.down.append(ResBlock(channels, base * mult, emb_dim, config.dropout))
-                channels = base * mult
-                skip_channels.append(channels)
-            if level != len(config.channel_mult) - 1:
-                self.down.append(Downsample(channels))
-                skip_channels.append(channels)
-
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(config.channel_mult))):
-            for _ in range(config.num_res_blocks + 1):
-                self.up.append(ResBlock(channels + skip_channels.pop(), base * mult, emb_dim, config.dropout))
-                channels = base * mult
-            if level != 0:
-                self.up.append(Upsample(channels))
-
-        self.norm_out = group_norm(channels)
-        self.conv_out = zero_module(nn.Conv2d(channels, config.out_channels, 3, padding=1))
-
-    def required_multiple(self) -> int:
-        """H and W must be multiples of this (one halving per extra level)."""
-        return 2 ** (len(self.config.channel_mult) - 1)
+        emb_dim = 4 * config.base_channels
+        self.time_embed = TimestepEmbedder(config.base_channels, emb_dim)
+        self._build_backbone(lambda cin, cout, level: ResBlock(cin, cout, emb_dim, config.dropout))
 
     def receptive_field(self) -> int:
         """Width in pixels of the input window that one output pixel depends on through the convolutions.
@@ -89,48 +61,18 @@ class PatchUNet(nn.Module):
         """
         return measure_receptive_field(self.config)
 
-    def _run(self, layer: nn.Module, h, emb):
-        run_block_check()
-        if isinstance(layer, (Downsample, Upsample)):
-            return layer(h)
-        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(layer, h, emb, use_reentrant=False)
-        return layer(h, emb)
-
     def forward(self, x, c_noise, tokens=None, pooled=None, drop_cond=None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"PatchUNet expects x [B, {self.config.in_channels}, H, W]; got {tuple(x.shape)}")
-        batch, _, height, width = x.shape
-        m = self.required_multiple()
-        if height % m or width % m:
-            raise ValueError(
-                f"PatchUNet needs H and W to be multiples of {m} (2**(len(channel_mult)-1)); got {height}x{width}"
-            )
-        if c_noise.ndim == 0:
-            c_noise = c_noise.expand(batch)
-        if c_noise.shape != (batch,):
-            raise ValueError(f"c_noise must have shape [{batch}] (one per row) or []; got {tuple(c_noise.shape)}")
-        dtype = self.conv_in.weight.dtype
-        emb = F.silu(self.time_embed(c_noise))  # activated once, not in every ResBlock
-
-        h = self.conv_in(x.to(dtype))
-        skips = [h]
-        for layer in self.down:
-            h = self._run(layer, h, emb)
-            skips.append(h)
-        for layer in self.up:
-            if not isinstance(layer, Upsample):
-                h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(layer, h, emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        c_noise = self._check_input(x, c_noise)
+        return self._backbone(x, F.silu(self.time_embed(c_noise)))  # activated once, not in every ResBlock
 
 
-def _remove_group_norms(module: nn.Module) -> None:
+def remove_group_norms(module: nn.Module) -> None:
+    """Replaces every GroupNorm by the identity, in place: what is left is local (convolutions and pointwise)."""
     for name, child in module.named_children():
         if isinstance(child, nn.GroupNorm):
             setattr(module, name, nn.Identity())
         else:
-            _remove_group_norms(child)
+            remove_group_norms(child)
 
 
 def measure_receptive_field(config: PatchUNetConfig) -> int:
@@ -151,7 +93,7 @@ def measure_receptive_field(config: PatchUNetConfig) -> int:
 def _measure_receptive_field(config_json: str) -> int:
     cfg = PatchUNetConfig.from_dict(json.loads(config_json))
     probe = PatchUNet(replace(cfg, in_channels=1, out_channels=1, base_channels=2, dropout=0.0))
-    _remove_group_norms(probe)
+    remove_group_norms(probe)
     probe = probe.double().eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

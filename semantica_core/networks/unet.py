@@ -6,42 +6,16 @@ resolutions and in the middle block.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .blocks import (
-    AttentionBlock,
-    Downsample,
-    LayerNorm32,
-    ResBlock,
-    TimestepEmbedder,
-    Upsample,
-    group_norm,
-    run_block_check,
-    zero_module,
-)
-
-
-def config_to_dict(config) -> dict:
-    """A config dataclass as a JSON-safe dict (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-
-
-def config_from_dict(cls, data: dict):
-    """Build config dataclass `cls` from a dict; unknown keys are an error (a typo must not pass silently)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(fields)}")
-    # JSON turns tuples into lists; turn them back so configs compare equal after a round trip.
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**values)
+from ..config import from_dict as config_from_dict, to_dict as config_to_dict
+from .backbone import UNetBackbone
+from .blocks import AttentionBlock, LayerNorm32, ResBlock, TimestepEmbedder
 
 
 @dataclass
@@ -129,7 +103,7 @@ class ResAttnBlock(nn.Module):
         return x if self.attn is None else self.attn(x, context)
 
 
-class PairConditionedUNet(nn.Module):
+class PairConditionedUNet(UNetBackbone):
     """net(x, c_noise, tokens=None, pooled=None, drop_cond=None) -> out; see docs/design.md.
 
     Null condition: one learned token [1, 1, D_tok] and one learned pooled vector [1, D_pool]. With tokens=None the
@@ -153,39 +127,13 @@ class PairConditionedUNet(nn.Module):
         self.null_tokens = nn.Parameter(torch.randn(1, 1, config.token_dim) * 0.02)
         self.null_pooled = nn.Parameter(torch.randn(1, config.pooled_dim) * 0.02)
 
-        self.conv_in = nn.Conv2d(config.in_channels, base, 3, padding=1)
-        self.down = nn.ModuleList()
-        skip_channels = [base]
-        channels = base
-        for level, mult in enumerate(config.channel_mult):
+        def block(in_channels: int, out_channels: int, level: int) -> ResAttnBlock:
             attention = config.resolution // 2**level in config.attention_resolutions
-            for _ in range(config.num_res_blocks):
-                self.down.append(ResAttnBlock(channels, base * mult, config, attention))
-                channels = base * mult
-                skip_channels.append(channels)
-            if level != len(config.channel_mult) - 1:
-                self.down.append(Downsample(channels))
-                skip_channels.append(channels)
+            return ResAttnBlock(in_channels, out_channels, config, attention)
 
-        self.middle = nn.ModuleList(
-            [ResAttnBlock(channels, channels, config, attention=True), ResAttnBlock(channels, channels, config, False)]
-        )
-
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(config.channel_mult))):
-            attention = config.resolution // 2**level in config.attention_resolutions
-            for _ in range(config.num_res_blocks + 1):
-                self.up.append(ResAttnBlock(channels + skip_channels.pop(), base * mult, config, attention))
-                channels = base * mult
-            if level != 0:
-                self.up.append(Upsample(channels))
-
-        self.norm_out = group_norm(channels)
-        self.conv_out = zero_module(nn.Conv2d(channels, config.out_channels, 3, padding=1))
-
-    def required_multiple(self) -> int:
-        """H and W must be multiples of this (one halving per extra level)."""
-        return 2 ** (len(self.config.channel_mult) - 1)
+        self._build_backbone(block, middle=lambda channels: [
+            ResAttnBlock(channels, channels, config, attention=True), ResAttnBlock(channels, channels, config, False),
+        ])
 
     def _condition(self, tokens, pooled, drop_cond, batch: int, dtype: torch.dtype):
         """(context [B, N, context_dim], pooled embedding [B, emb_dim]) with null rows substituted."""
@@ -215,45 +163,9 @@ class PairConditionedUNet(nn.Module):
         context = self.token_norm(self.token_proj(tokens))
         return context, self.pooled_embed(pooled)
 
-    def _run(self, layer: nn.Module, h, emb, context):
-        run_block_check()
-        if isinstance(layer, (Downsample, Upsample)):
-            return layer(h)
-        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(layer, h, emb, context, use_reentrant=False)
-        return layer(h, emb, context)
-
     def forward(self, x, c_noise, tokens=None, pooled=None, drop_cond=None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"PairConditionedUNet expects x [B, {self.config.in_channels}, H, W]; got {tuple(x.shape)}"
-            )
-        batch, _, height, width = x.shape
-        m = self.required_multiple()
-        if height % m or width % m:
-            raise ValueError(
-                f"PairConditionedUNet needs H and W to be multiples of {m} (2**(len(channel_mult)-1)); "
-                f"got {height}x{width}"
-            )
-        if c_noise.ndim == 0:
-            c_noise = c_noise.expand(batch)
-        if c_noise.shape != (batch,):
-            raise ValueError(f"c_noise must have shape [{batch}] (one per row) or []; got {tuple(c_noise.shape)}")
-        dtype = self.conv_in.weight.dtype
-
-        context, pooled_emb = self._condition(tokens, pooled, drop_cond, batch, dtype)
+        c_noise = self._check_input(x, c_noise)
+        context, pooled_emb = self._condition(tokens, pooled, drop_cond, x.shape[0], self.conv_in.weight.dtype)
         # SiLU once here rather than at the start of every ResBlock's embedding projection.
         emb = F.silu(self.time_embed(c_noise) + pooled_emb)
-
-        h = self.conv_in(x.to(dtype))
-        skips = [h]
-        for layer in self.down:
-            h = self._run(layer, h, emb, context)
-            skips.append(h)
-        for layer in self.middle:
-            h = self._run(layer, h, emb, context)
-        for layer in self.up:
-            if not isinstance(layer, Upsample):
-                h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(layer, h, emb, context)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self._backbone(x, emb, context)
