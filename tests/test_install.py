@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,82 @@ def test_a_missing_optional_package_disables_only_the_nodes_that_need_it(tmp_pat
         message = next(m for kind, m in history["status"]["messages"] if kind == "execution_error")
         assert "open_clip_torch" in message["exception_message"] and "requirements.txt" in message["exception_message"]
         assert client.run(api, timeout=600)["status"]["status_str"] == "success"
+
+
+def _install_copy(tmp_path: Path) -> Path:
+    """`pip install .` (not editable) of a copy of the package sources into a fresh venv; returns the venv.
+
+    The venv has no packages of its own: a .pth line lends it this interpreter's site-packages (torch and the rest,
+    pip and setuptools for the build), whose own .pth files, the editable install of the checkout among them, are
+    not processed. The sources are copied so the build writes nothing into the checkout."""
+    import shutil
+    import site
+    import sysconfig
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, src / name)
+    for package in ("semantica_core", "training"):
+        shutil.copytree(REPO_ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    (purelib / "host_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install", "--no-deps",
+         "--no-build-isolation", "--no-index", "--quiet", str(src)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return venv
+
+
+def _command_paths(parser) -> list[list[str]]:
+    """Every sub-command of an argparse parser, as the words that name it (["train", "pairs"], ...)."""
+    import argparse
+
+    paths = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths.append([name])
+                paths += [[name, *rest] for rest in _command_paths(sub)]
+    return paths
+
+
+@pytest.mark.slow
+def test_installed_package_runs_every_command_and_trains_outside_the_checkout(tmp_path):
+    from training.cli import build_parser
+    from training.data.example_pages import write_example_pages
+
+    venv = _install_copy(tmp_path)
+    work = tmp_path / "work"  # outside the checkout: nothing there can be imported by accident
+    work.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+
+    def run(*args, timeout=300):
+        done = subprocess.run([*map(str, args)], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        return done.stdout
+
+    where = run(venv / "bin" / "python", "-c", "import training, semantica_core; print(training.__file__); "
+                "print(semantica_core.__file__)").split()
+    assert all(Path(path).is_relative_to(venv) for path in where), where
+    semantica = venv / "bin" / "semantica"
+    assert "usage: semantica" in run(semantica, "--help")
+    commands = _command_paths(build_parser())
+    assert ["train", "pairs"] in commands and ["bench"] in commands
+    for words in commands:
+        assert "usage:" in run(semantica, *words, "--help"), words
+
+    write_example_pages(str(work / "pages"), num_pages=4, size=64)
+    run(semantica, "encoder", "export", "resnet10t", "--random", "--image-size", "64", "--out", "encoder.safetensors")
+    run(semantica, "train", "pairs", "--preset", "tiny", "--data", "pages", "--encoder", "encoder.safetensors",
+        "--output-dir", "run", "--max-steps", "4", "--batch-size", "2", "--num-workers", "0", "--cpu",
+        "--set", "sample.every=0", "--set", "sample.num_conditions=0", "--set", "train.checkpoint_every=4",
+        timeout=600)
+    from semantica_core.checkpoint import load_checkpoint
+
+    model = load_checkpoint(work / "run" / "model.safetensors")
+    assert model.kind == "pair_conditioned" and model.training_info["steps"] == 4
