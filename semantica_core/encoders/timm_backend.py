@@ -1,5 +1,5 @@
 """Any timm architecture as a frozen encoder: tokens = the last feature map (CNN: flattened H*W positions; ViT: the
-token sequence with its prefix tokens); pooled = the model's pooled features (num_classes=0)."""
+token sequence with its prefix tokens, or only the patch tokens where backend_config says "patch_tokens_only"); pooled = the model's pooled features (num_classes=0)."""
 from __future__ import annotations
 
 import timm
@@ -52,15 +52,26 @@ class TimmEncoder(ImageEncoder):
     def encode_preprocessed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.module.forward_features(x)
         pooled = self.module.forward_head(features)
+        if self.spec.backend_config.get("patch_tokens_only"):
+            features = features[:, self.module.num_prefix_tokens :]  # the class token is already the pooled vector
         return features_to_tokens(features, self.module.num_features), pooled
 
 
 def build_timm_encoder(
-    arch: str, module: nn.Module, weights_tag: str, image_size: int | None = None, kwargs=None, source: str = ""
+    arch: str,
+    module: nn.Module,
+    weights_tag: str,
+    image_size: int | None = None,
+    kwargs=None,
+    source: str = "",
+    patch_tokens_only: bool = False,
 ) -> TimmEncoder:
     """Wraps a headless timm model; token and pooled dims are measured with one forward pass."""
     preprocess = timm_preprocess(module, image_size)
-    probe = EncoderSpec("timm", arch, weights_tag, preprocess, 0, 0, 0, {"kwargs": dict(kwargs or {})}, source)
+    backend_config = {"kwargs": dict(kwargs or {})}
+    if patch_tokens_only:
+        backend_config["patch_tokens_only"] = True
+    probe = EncoderSpec("timm", arch, weights_tag, preprocess, 0, 0, 0, backend_config, source)
     encoder = TimmEncoder(probe, module)._freeze()
     with torch.no_grad():
         tokens, pooled = encoder.encode_preprocessed(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size))
