@@ -30,6 +30,7 @@ from .checkpoint import (
     save_checkpoint,
     write_safetensors_atomic,
 )
+from .config import from_dict as config_from_dict, to_dict as config_to_dict
 from .diffusion import Denoiser, DiffusionConfig, ScheduleConfig
 from .memory import check_fits, training_bytes
 from .networks import PatchUNet, PatchUNetConfig
@@ -103,18 +104,14 @@ class SingleImageTrainConfig:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SingleImageTrainConfig":
         data = dict(data)
         if "mixed_precision" in data:  # state files before the precision switch: "no" meant float32 everywhere
             data.setdefault("precision", "fp32" if data.pop("mixed_precision") == "no" else "auto")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SingleImageTrainConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 # ----------------------------------------------------------------------------------------------------------------

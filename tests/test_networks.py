@@ -106,7 +106,7 @@ def test_config_round_trip_and_unknown_keys():
     for config in (small_config(dropout=0.1, head_dim=None, num_heads=2), PatchUNetConfig(channel_mult=(1, 2))):
         data = json.loads(json.dumps(config.to_dict()))
         assert type(config).from_dict(data) == config
-        with pytest.raises(ValueError, match="unknown keys \\['chanel_mult'\\]"):
+        with pytest.raises(ValueError, match=r"unknown \w+Config keys \['chanel_mult'\]"):
             type(config).from_dict({**data, "chanel_mult": [1]})
     assert isinstance(build_network("pair_conditioned", small_config().to_dict()), PairConditionedUNet)
     assert isinstance(build_network("single_image", {"base_channels": 8}), PatchUNet)

@@ -8,13 +8,13 @@ network's view is x_vp = alpha * x = alpha * x0 + sigma_vp * eps for every sched
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semantica_core.config import from_dict as config_from_dict, to_dict as config_to_dict
 from semantica_core.embeds import Embeds
 from semantica_core.precision import Precision, resolve_precision
 
@@ -38,18 +38,11 @@ class DiffusionConfig:
             raise ValueError(f"unknown prediction '{self.prediction}'; valid: {', '.join(PREDICTIONS)}")
 
     def to_dict(self) -> dict:
-        return {"schedule": self.schedule.to_dict(), "prediction": self.prediction}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DiffusionConfig keys {unknown}; valid keys: {sorted(known)}")
-        d = dict(d)
-        if "schedule" in d:
-            d["schedule"] = ScheduleConfig.from_dict(d["schedule"])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class Denoiser(nn.Module):

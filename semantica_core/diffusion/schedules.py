@@ -20,12 +20,13 @@ so a DDPM-trained network sees exactly its integer timestep indices. Using the s
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from semantica_core.config import from_dict as config_from_dict, to_dict as config_to_dict
 
 KINDS = ("vp_cosine", "vp_linear", "vp_shifted_cosine", "ve")
 TRAINING_SIGMAS = ("uniform_t", "lognormal")
@@ -77,15 +78,11 @@ class ScheduleConfig:
             raise ValueError(f"lognormal_std must be positive, got {self.lognormal_std}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScheduleConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ScheduleConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class NoiseSchedule:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import kornia
@@ -23,6 +23,7 @@ from semantica_core.checkpoint import (
     read_safetensors_header,
     write_safetensors_atomic,
 )
+from semantica_core.config import from_dict as config_from_dict, to_dict as config_to_dict
 from semantica_core.embeds import Embeds
 
 ENCODER_FORMAT_VERSION = 1
@@ -64,11 +65,11 @@ class Preprocess:
             raise ValueError(f"crop_pct must be in (0, 1]; got {self.crop_pct}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         size = self.image_size
@@ -118,18 +119,11 @@ class EncoderSpec:
         }
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["preprocess"] = self.preprocess.to_dict() if self.preprocess is not None else None
-        d["encoder_id"] = self.encoder_id  # redundant, for people reading the metadata
-        return d
+        return {**config_to_dict(self), "encoder_id": self.encoder_id}  # the id: redundant, for people reading it
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncoderSpec":
-        d = dict(d)
-        d.pop("encoder_id", None)
-        pre = d.get("preprocess")
-        d["preprocess"] = Preprocess.from_dict(pre) if pre is not None else None
-        return cls(**d)
+        return config_from_dict(cls, {k: v for k, v in d.items() if k != "encoder_id"})
 
 
 def weights_hash(state_dict) -> str:
