@@ -34,6 +34,16 @@ def resize(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return out.clamp(0, 1).to(images.dtype)
 
 
+def cover(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """[B, C, H, W] in [0, 1] -> [B, 3, H', W'] scaled (aspect ratio kept) to just cover width x height: what the
+    crop mode cuts its centre from, and training its random crops (so both see the same resizing)."""
+    images = to_rgb(images)
+    h, w = images.shape[-2:]
+    scale = max(width / w, height / h)
+    # Rounding may land one pixel short of the target: never a dimension smaller than it.
+    return resize(images, max(width, round(w * scale)), max(height, round(h * scale)))
+
+
 def fit_image(images: torch.Tensor, width: int, height: int, mode: str = "crop", pad_value: float = 0.5) -> torch.Tensor:
     """[B, C, H, W] in [0, 1] (C in 1, 3, 4) -> [B, 3, height, width].
 
@@ -47,20 +57,16 @@ def fit_image(images: torch.Tensor, width: int, height: int, mode: str = "crop",
     if width < 1 or height < 1:
         raise ValueError(f"target size must be at least 1x1, got {width}x{height}")
     images = to_rgb(images)
-    h, w = images.shape[-2:]
     if mode == "resize":
         return resize(images, width, height)
-
-    scale = max(width / w, height / h) if mode == "crop" else min(width / w, height / h)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     if mode == "crop":
-        # Rounding may land one pixel short of the target: never crop a dimension smaller than it.
-        new_w, new_h = max(new_w, width), max(new_h, height)
-        scaled = resize(images, new_w, new_h)
-        top, left = (new_h - height) // 2, (new_w - width) // 2
+        scaled = cover(images, width, height)
+        top, left = (scaled.shape[-2] - height) // 2, (scaled.shape[-1] - width) // 2
         return scaled[:, :, top:top + height, left:left + width]
 
-    new_w, new_h = min(new_w, width), min(new_h, height)
+    h, w = images.shape[-2:]
+    scale = min(width / w, height / h)
+    new_w, new_h = min(max(1, round(w * scale)), width), min(max(1, round(h * scale)), height)
     scaled = resize(images, new_w, new_h)
     top, left = (height - new_h) // 2, (width - new_w) // 2
     out = torch.full((images.shape[0], 3, height, width), pad_value, dtype=scaled.dtype, device=scaled.device)

@@ -165,7 +165,7 @@ def test_bad_images_are_skipped_and_counted(pages_root):
     for name in info["bad"]:
         with pytest.raises(BadImage):
             decode_image(str(root / name), min_size=16)
-    assert {decode_image(str(root / n), 16).size for n in ["00_astronaut/0.jpg"]} == {(64, 64)}
+    assert decode_image(str(root / "00_astronaut/0.jpg"), 16).shape == (3, 64, 64)
 
     # Many pairs per page: every image gets decoded, so every bad one is met.
     dataset = PairDataset(open_source(str(root)), resolution=32, cond_size=32, epochs=1, pairs_per_page=50)

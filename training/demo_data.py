@@ -114,15 +114,16 @@ def load_split(root: str, split: str) -> tuple["torch.Tensor", "torch.Tensor"]:
     """The digits of `split` ("train" or "heldout") as ([N, 1, 32, 32] float in [0, 1], [N] labels), read back from
     `root` through its manifest."""
     import torch
-    from PIL import Image
+
+    from semantica_core.image_files import load_image_file
 
     images, labels = [], []
     with open(os.path.join(root, f"{split}.jsonl")) as manifest:
         for line in manifest:
             row = json.loads(line)
-            images.append(np.asarray(Image.open(os.path.join(root, row["path"])).convert("L")))
+            images.append(load_image_file(os.path.join(root, row["path"]))[:1])  # gray digits: the channels are equal
             labels.append(row["label"])
-    return torch.from_numpy(np.stack(images)).float().div(255).unsqueeze(1), torch.tensor(labels)
+    return torch.stack(images), torch.tensor(labels)
 
 
 def make_classifier(data: str, out: str, steps: int = 2000, seed: int = 0) -> dict:

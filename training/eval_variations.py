@@ -115,11 +115,10 @@ def load_classifier(path: str) -> tuple[DigitClassifier, dict]:
 def load_eval_images(spec: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """([N, 3, H, W] float in [0, 1], labels [N] or None) from a JSONL manifest (`{"path": ..., "label": ...}` per
     line, paths relative to the manifest) or a folder of images (no labels). All images must share one size."""
-    import numpy as np
-    from PIL import Image
+    from semantica_core.image_files import is_image_name, load_image_file
 
     if os.path.isdir(spec):
-        names = sorted(n for n in os.listdir(spec) if n.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))
+        names = sorted(n for n in os.listdir(spec) if is_image_name(n))
         rows = [{"path": os.path.join(spec, n)} for n in names]
     elif os.path.isfile(spec):
         base = os.path.dirname(os.path.abspath(spec))
@@ -131,11 +130,11 @@ def load_eval_images(spec: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise FileNotFoundError(f"evaluation data not found: {spec} (a folder of images or a JSONL manifest)")
     if not rows:
         raise ValueError(f"{spec} holds no images")
-    arrays = [np.asarray(Image.open(row["path"]).convert("RGB")) for row in rows]
-    sizes = {a.shape for a in arrays}
+    loaded = [load_image_file(row["path"]) for row in rows]
+    sizes = {tuple(image.shape[-2:]) for image in loaded}
     if len(sizes) != 1:
-        raise ValueError(f"{spec}: evaluation images must share one size; found {sorted(sizes)[:3]}")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
+        raise ValueError(f"{spec}: evaluation images must share one size; found {sorted(sizes)[:3]} (height, width)")
+    images = torch.stack(loaded)
     labels = torch.tensor([int(row["label"]) for row in rows]) if all("label" in row for row in rows) else None
     return images, labels
 

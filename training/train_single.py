@@ -45,18 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_image(path) -> "torch.Tensor":
-    """An image file -> [1,3,H,W] float in [0, 1]; unreadable files raise ValueError naming the file."""
-    import numpy as np
-    import torch
+    """An image file -> [1,3,H,W] float in [0, 1]; an unusable file raises ImageFileError (a ValueError) naming it."""
+    from semantica_core.image_files import ImageFileError, load_image_file
 
-    from training.data.images import BadImage, decode_image
-
-    try:
-        img = decode_image(str(path), min_size=8)
-    except BadImage as e:
-        raise ValueError(f"cannot use {path} as a training image ({e}); use a png, jpg or webp (8+ px)") from None
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float().div(255.0)
+    image = load_image_file(path)
+    height, width = image.shape[-2:]
+    if min(height, width) < 8:  # below the network's multiple there is no patch to learn
+        raise ImageFileError(str(path), f"{width}x{height} px is too small for training (8 px or more)")
+    return image[None]
 
 
 def run(args) -> int:

@@ -205,7 +205,8 @@ class PairDataset(IterableDataset):
             if target_img is None or cond_img is None:
                 continue
             flip = self.flip and bool(rng.random() < 0.5)
-            sample = {"target": fit_square(target_img, self.resolution, self.crop, flip, rng).mul_(2).sub_(1),
+            # Not in place: fit_square may return a view of the decoded image, which the condition can share.
+            sample = {"target": fit_square(target_img, self.resolution, self.crop, flip, rng).mul(2).sub(1),
                       "page": page.key}
             if self.cache is not None:
                 tokens, pooled = self.cache.get(images[cond_i].id)

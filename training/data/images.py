@@ -1,18 +1,18 @@
-"""Decoding untrusted image files and fitting them to a training size; a bad file raises `BadImage`, never crashes."""
+"""Decoding untrusted image files and fitting them to a training size; a bad file raises `BadImage`, never crashes.
+
+Decoding is semantica_core.image_files and fitting semantica_core.imageops, so training sees the pixels sampling
+sees; this module adds what only training needs: the data statistics' reasons, random crops and flips.
+"""
 from __future__ import annotations
 
-import io
 import os
-import re
-import warnings
 from typing import Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-
+from semantica_core.image_files import ImageFileError, load_image_file
+from semantica_core.imageops import cover, fit_image
 
 class BadImage(Exception):
     """An image that cannot be used; `reason` is a stats key ("unreadable" or "too_small")."""
@@ -22,67 +22,44 @@ class BadImage(Exception):
         self.reason = reason
 
 
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+def decode_image(data: Union[bytes, str, os.PathLike], min_size: int = 1) -> torch.Tensor:
+    """Bytes or a path -> float [3, H, W] in [0, 1] (`load_image_file`: EXIF orientation, alpha over white).
 
-
-def decode_image(data: Union[bytes, str, os.PathLike], min_size: int = 1) -> Image.Image:
-    """Bytes or a path -> fully decoded RGB image (EXIF orientation applied).
-
-    Raises BadImage("unreadable") for anything PIL cannot decode completely (truncated files included: the
-    pixels are loaded here, not lazily later) and BadImage("too_small") when the shorter side is below min_size.
+    Raises BadImage("unreadable") for a file that cannot be decoded completely and BadImage("too_small") when
+    the shorter side is below min_size.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's warnings (EXIF, palette transparency) are not errors here
-            source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-            with Image.open(source) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                    # Composite on white: the color under transparent pixels is arbitrary.
-                    rgba = img.convert("RGBA")
-                    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    img = Image.alpha_composite(background, rgba).convert("RGB")
-                else:
-                    img = img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
-        message = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))
-        raise BadImage("unreadable", f"{type(error).__name__}: {message}") from None
-    if min(img.size) < min_size:
-        raise BadImage("too_small", f"{img.size[0]}x{img.size[1]} is below {min_size} px")
-    return img
+        image = load_image_file(data)
+    except ImageFileError as error:
+        raise BadImage("unreadable", error.problem) from None
+    height, width = image.shape[-2:]
+    if min(height, width) < min_size:
+        raise BadImage("too_small", f"{width}x{height} is below {min_size} px")
+    return image
 
 
 def fit_square(
-    img: Image.Image,
+    image: torch.Tensor,
     size: int,
     crop: str = "center",
     flip: bool = False,
     rng: Optional[np.random.Generator] = None,
 ) -> torch.Tensor:
-    """Resize the shorter side to `size`, cut a size x size square (centered, or at a random offset), optionally
-    mirror it; crop="squash" resizes the whole image to the square instead. Returns float [3, size, size] in [0, 1]."""
-    w, h = img.size
+    """[3, H, W] in [0, 1] -> [3, size, size]: "center" is fit_image's crop and "squash" its resize (what sampling
+    and the nodes do); "random" cuts the same covering image at a random offset (centered without `rng`). `flip`
+    mirrors the result."""
     if crop == "squash":
-        img = img.resize((size, size), Image.BICUBIC, reducing_gap=None)
-        w = h = size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.BICUBIC, reducing_gap=None)
-    if crop == "random" and rng is not None:
-        left = int(rng.integers(0, new_w - size + 1))
-        top = int(rng.integers(0, new_h - size + 1))
-    elif crop in ("center", "random"):
-        left, top = (new_w - size) // 2, (new_h - size) // 2
+        out = fit_image(image[None], size, size, "resize")
+    elif crop == "center" or (crop == "random" and rng is None):
+        out = fit_image(image[None], size, size, "crop")
+    elif crop == "random":
+        scaled = cover(image[None], size, size)
+        left = int(rng.integers(0, scaled.shape[-1] - size + 1))
+        top = int(rng.integers(0, scaled.shape[-2] - size + 1))
+        out = scaled[..., top:top + size, left:left + size]
     else:
         raise ValueError(f"unknown crop '{crop}': use 'center', 'random' or 'squash'")
-    img = img.crop((left, top, left + size, top + size))
-    array = np.array(img, dtype=np.uint8)
-    if flip:
-        array = array[:, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
+    return out[0].flip(-1) if flip else out[0]
 
 
 def condition_input(encoder) -> tuple[int, str]:

@@ -16,7 +16,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from .images import is_image_name
+from semantica_core.image_files import is_image_name
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 
