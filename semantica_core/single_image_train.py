@@ -11,11 +11,7 @@ Pure torch: the CLI (`semantica train single`) and the ComfyUI node SinDiffusion
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,15 +19,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import (
-    CheckpointError,
-    load_safetensors_tensors,
-    read_safetensors_header,
-    save_checkpoint,
-    write_safetensors_atomic,
-)
+from . import train_state
+from .checkpoint import CheckpointError, save_checkpoint
 from .config import from_dict as config_from_dict, to_dict as config_to_dict
 from .diffusion import Denoiser, DiffusionConfig, ScheduleConfig
+from .ema import EMA
 from .memory import check_fits, training_bytes
 from .networks import PatchUNet, PatchUNetConfig
 from .precision import PRECISIONS, resolve_precision
@@ -155,13 +147,13 @@ def _scaled_side(side: int, scale: float, multiple: int) -> int:
 
 @dataclass
 class SingleImageTrainState:
-    """A training run in progress: the raw and EMA networks, the optimizer, the step and the random streams."""
+    """A training run in progress: the network and its EMA, the optimizer, the step and the random streams."""
 
     config: SingleImageTrainConfig
     image: torch.Tensor  # the prepared training image [1,3,h,w] in [-1, 1], on the training device
     source_size: tuple  # (width, height) of the image before resizing
     network: PatchUNet
-    ema: PatchUNet
+    ema: EMA
     optimizer: torch.optim.Optimizer
     data_generator: torch.Generator  # CPU: the per-batch scales
     noise_generator: torch.Generator  # on the device: timesteps and noise
@@ -170,6 +162,11 @@ class SingleImageTrainState:
     @property
     def device(self) -> torch.device:
         return self.image.device
+
+    def ema_state_dict(self) -> dict:
+        """The network's state dict with the EMA weights (what samplers load)."""
+        with self.ema.applied():
+            return {k: v.detach().clone() for k, v in self.network.state_dict().items()}
 
     def receptive_field(self) -> int:
         # measured by backpropagation, so also from callers under no_grad / inference_mode (ComfyUI)
@@ -207,7 +204,7 @@ def init_train_state(image: torch.Tensor, config: SingleImageTrainConfig, device
         torch.manual_seed(config.seed)
         network = PatchUNet(PatchUNetConfig.from_dict(config.network))
     network.to(device).train()
-    ema = copy.deepcopy(network).eval().requires_grad_(False)
+    ema = EMA(network.named_parameters(), config.ema_decay)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=0.0)
     return SingleImageTrainState(
         config=config,
@@ -219,20 +216,6 @@ def init_train_state(image: torch.Tensor, config: SingleImageTrainConfig, device
         data_generator=_new_generator(torch.device("cpu"), config.seed),
         noise_generator=_new_generator(device, config.seed + 1),
     )
-
-
-@torch.no_grad()
-def _update_ema(ema: torch.nn.Module, network: torch.nn.Module, decay: float) -> None:
-    ema_params = [p for p in ema.parameters()]
-    params = [p.detach() for p in network.parameters()]
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), network.buffers()):
-        b_ema.copy_(b)
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """EMA warm-up (1 + n) / (10 + n) capped at `decay`: 0.9999 alone would leave a short run at its random init."""
-    return min(decay, (1.0 + step) / (10.0 + step))
 
 
 def train_single_image(
@@ -273,7 +256,7 @@ def train_single_image(
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
-        _update_ema(state.ema, network, ema_decay_at(state.step, config.ema_decay))
+        state.ema.update()
         state.step += 1
         if callback is not None:
             callback({"step": state.step, "total": steps, "loss": loss.detach()})
@@ -293,7 +276,7 @@ def save_single_image_checkpoint(path, state: SingleImageTrainState, **training_
         network_config=state.config.network,
         diffusion_config=state.config.diffusion,
         state_dict=state.network.state_dict(),
-        ema_state_dict=state.ema.state_dict(),
+        ema_state_dict=state.ema_state_dict(),
         training_info=state.training_info(**training_info),
     )
 
@@ -305,50 +288,26 @@ def state_path_for(checkpoint_path) -> Path:
 
 
 def save_train_state(path, state: SingleImageTrainState) -> Path:
-    """Everything needed to continue the run, as safetensors (atomic; nothing is pickled)."""
-    tensors = {f"network.{k}": v for k, v in state.network.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in state.ema.state_dict().items()})
-    optim = state.optimizer.state_dict()
-    for index, values in optim["state"].items():
-        for name, value in values.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
-    tensors["image"] = state.image
-    tensors["rng.data"] = state.data_generator.get_state()
-    tensors["rng.noise"] = state.noise_generator.get_state()
-    metadata = {
-        "semantica_train_state": json.dumps(1),
-        "config": json.dumps(state.config.to_dict()),
-        "step": json.dumps(state.step),
-        "source_size": json.dumps(list(state.source_size)),
-        "param_groups": json.dumps(optim["param_groups"]),
-        "noise_device": json.dumps(state.noise_generator.device.type),
-    }
-    return write_safetensors_atomic(path, tensors, metadata)
+    """Everything needed to continue the run, in semantica_core.train_state's format (atomic; nothing is pickled)."""
+    return train_state.save_train_state(
+        path, step=state.step, config=state.config.to_dict(), network=state.network.state_dict(), ema=state.ema,
+        optimizer=state.optimizer, generators={"data": state.data_generator, "noise": state.noise_generator},
+        tensors={"image": state.image}, info={"source_size": list(state.source_size)},
+    )
 
 
 def load_train_state(path, device=None) -> SingleImageTrainState:
     """Rebuilds a run saved by `save_train_state` on `device` (the noise stream restarts if the device type changed)."""
-    header, metadata = read_safetensors_header(path, "training state")
-    if "semantica_train_state" not in metadata:
+    saved = train_state.read_train_state(path)
+    if "image" not in saved.tensors:
         raise CheckpointError(f"{path} is not a single-image training state; delete it or train without --resume")
-    tensors = load_safetensors_tensors(path, what="training state")
-    config = SingleImageTrainConfig.from_dict(json.loads(metadata["config"]))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    state = init_train_state(torch.zeros(1, 3, 8, 8), config, device)
-    state.image = tensors["image"].to(device)
-    state.source_size = tuple(json.loads(metadata["source_size"]))
-    state.step = int(json.loads(metadata["step"]))
-    state.network.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("network.")})
-    state.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    optim_state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            optim_state.setdefault(int(index), {})[name] = value
-    state.optimizer.load_state_dict({"state": optim_state, "param_groups": json.loads(metadata["param_groups"])})
-    state.data_generator.set_state(tensors["rng.data"])
-    if json.loads(metadata["noise_device"]) == device.type:
-        state.noise_generator.set_state(tensors["rng.noise"].to(state.noise_generator.get_state().device))
-    else:
-        warnings.warn(f"{path} was saved on another device type; the noise stream restarts from the seed", stacklevel=2)
+    state = init_train_state(torch.zeros(1, 3, 8, 8), SingleImageTrainConfig.from_dict(saved.config), device)
+    state.image = saved.tensors["image"].to(device)
+    state.source_size = tuple(saved.info["source_size"])
+    state.step = saved.step
+    saved.load_network(state.network)
+    saved.load_ema(state.ema)
+    saved.load_optimizer(state.optimizer)
+    saved.load_rng({"data": state.data_generator, "noise": state.noise_generator})
     return state

@@ -55,7 +55,7 @@ def test_auto_is_float32_nchw_on_a_cpu_without_native_bf16(monkeypatch):
     )
     state = train_single_image(torch.rand(1, 3, 16, 20), config, steps=2, device="cpu")
     assert all(p.is_contiguous() for p in state.network.parameters())
-    assert all(torch.isfinite(p).all() for p in state.ema.parameters())
+    assert all(torch.isfinite(p).all() for p in state.ema.shadow)
 
 
 def test_old_state_files_map_onto_the_vocabulary():
