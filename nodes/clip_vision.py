@@ -22,16 +22,17 @@ included, no final LayerNorm); no encoder file computes those, so their id says 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
-TOKEN_SOURCES = ("open_clip", "last_hidden_state", "penultimate_hidden_states")
-# open_clip architectures ComfyUI's CLIP vision configs can be (clip_vision_config_*.json).
-OPEN_CLIP_CANDIDATES = (
-    "ViT-L-14-quickgelu", "ViT-L-14", "ViT-L-14-336-quickgelu", "ViT-L-14-336",
-    "ViT-H-14", "ViT-H-14-quickgelu", "ViT-bigG-14", "ViT-bigG-14-quickgelu",
+from semantica_core.encoders.clip_weights import (
+    float32_tensors,
+    open_clip_arch,
+    open_clip_tokens,
+    open_clip_visual_tensors,
+    pooled_vector,
 )
+
+TOKEN_SOURCES = ("open_clip", "last_hidden_state", "penultimate_hidden_states")
 
 
 def describe_tower(clip_vision) -> dict:
@@ -59,78 +60,11 @@ def describe_tower(clip_vision) -> dict:
     }
 
 
-def open_clip_arch(tower: dict) -> str | None:
-    """The open_clip architecture whose image tower computes the same function as `tower`, or None."""
-    if tower["type"] != "clip" or tower["embed_dim"] is None:
-        return None
-    import open_clip
-
-    for arch in OPEN_CLIP_CANDIDATES:
-        config = open_clip.get_model_config(arch)
-        if config is None:
-            continue
-        vision = config["vision_cfg"]
-        width = vision["width"]
-        if (
-            width == tower["width"] and vision["layers"] == tower["layers"]
-            and vision["patch_size"] == tower["patch"] and vision["image_size"] == tower["image_size"]
-            and width // vision.get("head_width", 64) == tower["heads"]
-            and int(width * vision.get("mlp_ratio", 4.0)) == tower["mlp"]
-            and config["embed_dim"] == tower["embed_dim"]
-            and bool(config.get("quick_gelu", False)) == tower["quick_gelu"]
-        ):
-            return arch
-    return None
-
-
 def _fallback_arch(tower: dict) -> str:
     parts = [tower["type"], f"w{tower['width']}", f"l{tower['layers']}"]
     if "patch" in tower:
         parts.append(f"p{tower['patch']}")
     return "-".join(parts + [str(tower["image_size"])])
-
-
-class _Float32Tensors(Mapping):
-    """name -> tensor made on access as contiguous float32 on the CPU: hashing 300M+ weights one at a time."""
-
-    def __init__(self, makers: dict):
-        self._makers = makers
-
-    def __getitem__(self, name):
-        return self._makers[name]().detach().to(device="cpu", dtype=torch.float32).contiguous()
-
-    def __iter__(self):
-        return iter(self._makers)
-
-    def __len__(self):
-        return len(self._makers)
-
-
-def open_clip_tensors(clip_vision) -> Mapping:
-    """A CLIP tower's weights under open_clip's VisionTransformer names (the inverse of ComfyUI's conversion)."""
-    sd = clip_vision.model.state_dict()
-    v = "vision_model."
-    makers = {
-        "class_embedding": lambda: sd[v + "embeddings.class_embedding"],
-        "conv1.weight": lambda: sd[v + "embeddings.patch_embedding.weight"],
-        "positional_embedding": lambda: sd[v + "embeddings.position_embedding.weight"],
-        "ln_pre.weight": lambda: sd[v + "pre_layrnorm.weight"],
-        "ln_pre.bias": lambda: sd[v + "pre_layrnorm.bias"],
-        "ln_post.weight": lambda: sd[v + "post_layernorm.weight"],
-        "ln_post.bias": lambda: sd[v + "post_layernorm.bias"],
-        "proj": lambda: sd["visual_projection.weight"].t(),
-    }
-    renames = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-               "self_attn.out_proj": "attn.out_proj"}
-    for i in range(len(clip_vision.model.vision_model.encoder.layers)):
-        src, dst = f"{v}encoder.layers.{i}.", f"transformer.resblocks.{i}."
-        for old, new in renames.items():
-            for kind in ("weight", "bias"):
-                makers[f"{dst}{new}.{kind}"] = (lambda key=f"{src}{old}.{kind}": sd[key])
-        for kind in ("weight", "bias"):
-            keys = [f"{src}self_attn.{p}_proj.{kind}" for p in "qkv"]
-            makers[f"{dst}attn.in_proj_{kind}"] = (lambda keys=keys: torch.cat([sd[k] for k in keys]))
-    return _Float32Tensors(makers)
 
 
 def encoder_id(clip_vision, tokens: str) -> str:
@@ -144,10 +78,9 @@ def encoder_id(clip_vision, tokens: str) -> str:
         tower = describe_tower(clip_vision)
         arch = open_clip_arch(tower)
         if arch is not None:
-            tag = weights_hash(open_clip_tensors(clip_vision))
+            tag = weights_hash(open_clip_visual_tensors(clip_vision.model.state_dict()))
         else:
-            sd = clip_vision.model.state_dict()
-            tag = weights_hash(_Float32Tensors({k: (lambda k=k: sd[k]) for k in sd}))
+            tag = weights_hash(float32_tensors(clip_vision.model.state_dict()))
         cached = {"arch": arch or _fallback_arch(tower), "tag": tag, "open_clip": arch is not None}
         clip_vision._semantica_identity = cached
     if tokens == "open_clip":
@@ -169,12 +102,9 @@ def clip_vision_embeds(clip_vision, output, tokens: str):
         raise ValueError(f"tokens '{tokens}' is not one of: {', '.join(TOKEN_SOURCES)}")
     identity = encoder_id(clip_vision, tokens)
     if tokens == "open_clip":
-        hidden = output["last_hidden_state"]
-        with torch.no_grad():  # open_clip's output tokens: the final LayerNorm on every token, class token dropped
-            hidden = clip_vision.model.vision_model.post_layernorm(hidden)[:, 1:]
+        with torch.no_grad():
+            hidden = open_clip_tokens(output["last_hidden_state"], clip_vision.model.vision_model.post_layernorm)
     else:
         hidden = output[tokens]
-    pooled = output["image_embeds"]
-    if pooled.ndim == 3:  # SigLIP in ComfyUI has no pooling head: its "image_embeds" are per-token
-        pooled = pooled.mean(dim=1)
+    pooled = pooled_vector(output["image_embeds"])
     return Embeds(hidden.float().contiguous(), pooled.float().contiguous(), identity)
