@@ -158,12 +158,22 @@ def test_eval_variations_end_to_end_with_random_models(tmp_path):
     classifier_path = tmp_path / "c.safetensors"
     save_classifier(str(classifier_path), DigitClassifier(10, 8), {})
     result = evaluate([str(model_path)], str(enc_path), str(tmp_path / "held.jsonl"), str(classifier_path),
-                      conditions=3, per_condition=2, few_shot_k=2, few_shot_per=3, steps=2, log=None)
-    metrics = result["models"][str(model_path)]
+                      conditions=0, per_condition=2, few_shot_k=2, few_shot_per=3, steps=2, seeds=(0, 1), log=None)
+    entry = result["models"][str(model_path)]
+    metrics, spread = entry["mean"], entry["spread"]
     for key in ("consistency_classifier", "consistency_encoder_cosine", "diversity_l1", "distance_to_condition_l1",
                 "few_shot_fd"):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
-    assert metrics["training"]["pairing"] == "pairs"
+        assert spread[key] >= 0
+    assert [m["conditions"] for m in entry["seeds"]] == [12, 12]  # conditions=0: every held-out image, each seed
+    assert spread["diversity_l1"] > 0  # the two seeds draw other variations
+    assert entry["training"]["pairing"] == "pairs"
     assert metrics["diversity_l1"] > 0  # different seeds give different images
     table = format_table(result)
-    assert "few-shot" in table and "diversity" in table
+    assert "few-shot" in table and "diversity" in table and "±" in table
+
+    # Models trained with another encoder are refused with what to do.
+    other = tmp_path / "other.safetensors"
+    export_encoder("resnet18", str(other), random=True, seed=1, image_size=32)
+    with pytest.raises(ValueError, match="give each --model its own --encoder"):
+        evaluate([str(model_path)], str(other), str(tmp_path / "held.jsonl"), None, steps=2, seeds=(0,), log=None)

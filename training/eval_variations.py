@@ -7,8 +7,11 @@ For each model: condition on images of a held-out set, sample K variations of ea
   diversity     mean pairwise pixel L1 among the variations of one condition, and their L1 to the condition
                 (0 = copies);
   few-shot FD   condition on k held-out images, generate, and take the Fréchet distance to the whole held-out set in
-                the encoder's pooled feature space, beside the same distance for as many real held-out images.
-Several --model files are evaluated on the same conditions, seeds and reference features and printed side by side.
+                the digit classifier's feature space (no model's own encoder), beside the same distance for as many
+                real held-out images.
+Every figure is a mean with its spread (standard deviation) over --seeds; by default every held-out image is a
+condition. Several --model files (each with its own --encoder, or one for all) are evaluated on the same conditions,
+seeds and reference features and printed side by side.
 The metric math is in semantica_core.metrics.variations; this file loads, samples and reports.
 """
 from __future__ import annotations
@@ -49,9 +52,20 @@ class DigitClassifier(nn.Module):
         self.head = nn.Linear(2 * width * 16, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] != 1:
-            images = images.mean(1, keepdim=True)
-        return self.head(self.features(images * 2 - 1).flatten(1))
+        return self.head(self.features(self._gray(images) * 2 - 1).flatten(1))
+
+    @staticmethod
+    def _gray(images: torch.Tensor) -> torch.Tensor:
+        return images.mean(1, keepdim=True) if images.shape[1] != 1 else images
+
+    @torch.no_grad()
+    def feature_vectors(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """[N, 2 * width] features (the last conv layer, averaged over its grid): the space of the few-shot Fréchet
+        distance, which belongs to no model's condition encoder, so no model is judged by its own encoder."""
+        self.eval()
+        return torch.cat(
+            [self.features(self._gray(chunk.float()) * 2 - 1).mean((2, 3)) for chunk in images.split(batch)]
+        )
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -158,26 +172,29 @@ def evaluate_model(
     condition_embeds,
     labels: Optional[torch.Tensor],
     classifier: Optional[DigitClassifier],
-    reference_features: torch.Tensor,
+    reference_features: Optional[torch.Tensor],
     few_shot_embeds,
     *,
     per_condition: int = 4,
-    few_shot_per: int = 10,
-    steps: int = 20,
+    few_shot_per: int = 20,
+    steps: int = 30,
     guidance: float = 3.0,
-    sampler: str = "dpmpp_2m",
+    sampler: str = "euler_ancestral",
     seed: int = 0,
     batch: int = 64,
+    log=None,
 ) -> tuple[dict, torch.Tensor]:
-    """Metrics of one model and its variations [N, K, 3, H, W] of `conditions` [N, 3, H, W] (at the model's size).
+    """Metrics of one model at one seed and its variations [N, K, 3, H, W] of `conditions` [N, 3, H, W] (at the
+    model's size).
 
-    The conditions' embeddings are given so several models share them; `few_shot_embeds` are the k conditions of
-    the few-shot Fréchet distance (None to skip it)."""
+    The conditions' embeddings (in the model's encoder) are given so several seeds share them; `few_shot_embeds` are
+    the k conditions of the few-shot Fréchet distance, compared with `reference_features` (classifier features of the
+    whole held-out set; None to skip)."""
     from semantica_core.imageops import to_rgb
     from semantica_core.metrics import variations as vm
     from semantica_core.pipeline import sample_variations
 
-    def generate(embeds, count, first_seed):
+    def generate(embeds, count, first_seed, what):
         rows_per_batch = max(1, batch // count)
         out = []
         for start in range(0, len(embeds), rows_per_batch):
@@ -185,14 +202,16 @@ def evaluate_model(
             images = sample_variations(model, chunk, seed=first_seed + start * count, count=count, steps=steps,
                                        guidance=guidance, sampler=sampler)
             out.append(to_rgb(images.cpu()))
+            if log:
+                log(f"[eval] seed {seed}: {what} {min(start + rows_per_batch, len(embeds))}/{len(embeds)}")
         return torch.cat(out)
 
     started = time.perf_counter()
     n, k = len(conditions), per_condition
-    flat = generate(condition_embeds, k, seed)
+    flat = generate(condition_embeds, k, seed, "conditions")
     sample_seconds = time.perf_counter() - started
     variations = vm.group_variations(flat, k)
-    metrics: dict = {"conditions": n, "per_condition": k, "steps": steps, "guidance": guidance, "sampler": sampler}
+    metrics: dict = {"conditions": n, "per_condition": k}
 
     if classifier is not None and labels is not None:
         predicted = classifier.predict(flat).reshape(n, k)
@@ -205,78 +224,121 @@ def evaluate_model(
     metrics["unrelated_encoder_cosine"] = float(vm.baseline_similarity(condition_embeds.pooled))
     metrics["diversity_l1"] = float(vm.variation_diversity(variations, "l1"))
     metrics["distance_to_condition_l1"] = float(vm.distance_to_condition(conditions, variations, "l1"))
-    if few_shot_embeds is not None:
-        few = generate(few_shot_embeds, few_shot_per, seed + 1_000_000)
-        metrics["few_shot_k"] = len(few_shot_embeds)
+    if few_shot_embeds is not None and reference_features is not None:
+        few = generate(few_shot_embeds, few_shot_per, seed + 1_000_000, "few-shot conditions")
         metrics["few_shot_samples"] = len(few)
-        metrics["few_shot_fd"] = float(vm.few_shot_frechet(encode(encoder, few).pooled, reference_features))
+        metrics["few_shot_fd"] = float(vm.few_shot_frechet(classifier.feature_vectors(few), reference_features))
     metrics["sampling_seconds"] = round(sample_seconds, 2)
     return metrics, variations
+
+
+def mean_and_spread(per_seed: list[dict]) -> tuple[dict, dict]:
+    """(mean, standard deviation over seeds) of every numeric metric; the spread is 0 for one seed."""
+    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float))]
+    values = {k: torch.tensor([float(m[k]) for m in per_seed], dtype=torch.float64) for k in keys}
+    mean = {k: float(v.mean()) for k, v in values.items()}
+    spread = {k: float(v.std(unbiased=True)) if len(v) > 1 else 0.0 for k, v in values.items()}
+    return mean, spread
+
+
+def check_encoder_fits(model, encoder, model_path: str, encoder_path: str) -> None:
+    info = model.encoder_info or {}
+    if info.get("encoder_id") and info["encoder_id"] != encoder.encoder_id:
+        raise ValueError(
+            f"{model_path} was trained with encoder {info['encoder_id']} but {encoder_path} is {encoder.encoder_id}: "
+            "give each --model its own --encoder, in the same order"
+        )
 
 
 @torch.no_grad()
 def evaluate(
     model_paths: list[str],
-    encoder_path: str,
+    encoder_paths,
     data: str,
     classifier_path: Optional[str] = None,
     *,
-    conditions: int = 50,
+    conditions: int = 0,
     per_condition: int = 4,
     few_shot_k: int = 10,
-    few_shot_per: int = 10,
-    steps: int = 20,
+    few_shot_per: int = 20,
+    steps: int = 30,
     guidance: float = 3.0,
-    sampler: str = "dpmpp_2m",
-    seed: int = 0,
+    sampler: str = "euler_ancestral",
+    seeds=(0, 1, 2),
     log=print,
 ) -> dict:
-    """Evaluate each model on the same held-out conditions; returns {"models": {path: metrics}, "reference": {...}}.
+    """Evaluate each model on the same held-out conditions at each seed; returns {"models": {path: {"mean", "spread",
+    "seeds", "training", "encoder"}}, "reference": {...}}.
 
-    The exported function other commands and the demo call (`semantica eval variations` wraps it)."""
+    encoder_paths: one encoder file for all models, or one per model (models trained with different encoders).
+    conditions: 0 = every held-out image; else that many, drawn per seed. The exported function other commands and
+    the demo call (`semantica eval variations` wraps it)."""
     from semantica_core.checkpoint import load_checkpoint
     from semantica_core.encoders import load_encoder
     from semantica_core.imageops import fit_image
     from semantica_core.metrics import variations as vm
 
     log = log or (lambda message: None)
-    encoder = load_encoder(encoder_path)
+    encoder_paths = [encoder_paths] if isinstance(encoder_paths, (str, os.PathLike)) else list(encoder_paths)
+    if len(encoder_paths) not in (1, len(model_paths)):
+        raise ValueError(f"give one --encoder for all models or one per model; got {len(encoder_paths)} encoders for "
+                         f"{len(model_paths)} models")
+    encoder_paths = encoder_paths * len(model_paths) if len(encoder_paths) == 1 else encoder_paths
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("give at least one seed")
     images, labels = load_eval_images(data)
     classifier, classifier_info = (None, {})
     if classifier_path:
         classifier, classifier_info = load_classifier(classifier_path)
         if labels is None:
             log(f"[eval] {data} has no labels: the classifier consistency is skipped")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    chosen = order[: min(conditions, len(images))]
-    few_index = order[-min(few_shot_k, len(images)):] if few_shot_k > 0 else None
-    log(f"[eval] {len(images)} images from {data}; {len(chosen)} conditions x {per_condition} variations; "
-        f"encoder {encoder.encoder_id}")
+    else:
+        log("[eval] no --classifier: the classifier consistency and the few-shot FD (in its feature space) are skipped")
+    count = len(images) if conditions <= 0 else min(conditions, len(images))
+    orders = {s: torch.randperm(len(images), generator=torch.Generator().manual_seed(s)) for s in seeds}
+    chosen = {s: (torch.arange(len(images)) if count == len(images) else orders[s][:count]) for s in seeds}
+    few_index = {s: orders[s][-min(few_shot_k, len(images)):] for s in seeds} if few_shot_k > 0 else None
+    log(f"[eval] {len(images)} images from {data}; {count} conditions x {per_condition} variations x seeds {seeds}")
 
-    started = time.perf_counter()
-    reference = encode(encoder, images).pooled
-    condition_embeds = encode(encoder, images[chosen])
-    few_embeds = encode(encoder, images[few_index]) if few_index is not None else None
-    result: dict = {"data": data, "encoder": encoder.encoder_id, "classifier": classifier_info, "models": {},
-                    "reference": {}}
-    if few_index is not None:
+    result: dict = {"data": data, "classifier": classifier_info, "seeds": seeds, "models": {}, "reference": {},
+                    "settings": {"conditions": count, "per_condition": per_condition, "few_shot_k": few_shot_k,
+                                 "few_shot_per": few_shot_per, "steps": steps, "guidance": guidance,
+                                 "sampler": sampler}}
+    reference = classifier.feature_vectors(images) if classifier is not None and few_index is not None else None
+    if reference is not None:
         # The floor: as many real held-out images as the models generate, against the whole set.
-        real = reference[order[: min(len(images), len(few_index) * few_shot_per)]]
-        result["reference"]["few_shot_fd_real_images"] = float(vm.few_shot_frechet(real, reference))
-    log(f"[eval] encoded the held-out set in {time.perf_counter() - started:.1f}s")
+        floors = [float(vm.few_shot_frechet(reference[orders[s][: few_shot_k * few_shot_per]], reference))
+                  for s in seeds]
+        mean, spread = mean_and_spread([{"few_shot_fd": f} for f in floors])
+        result["reference"] = {"few_shot_fd_real_images": mean["few_shot_fd"],
+                               "few_shot_fd_real_images_spread": spread["few_shot_fd"]}
 
-    for path in model_paths:
+    encoders: dict = {}
+    for path, encoder_path in zip(model_paths, encoder_paths):
+        started = time.perf_counter()
+        if encoder_path not in encoders:
+            encoder = load_encoder(encoder_path)
+            encoders[encoder_path] = (encoder, encode(encoder, images))
+        encoder, all_embeds = encoders[encoder_path]
         model = load_checkpoint(path)
+        check_encoder_fits(model, encoder, path, encoder_path)
         size = model.resolution or images.shape[-1]
-        conds = fit_image(images[chosen], size, size, mode="resize") if images.shape[-1] != size else images[chosen]
-        metrics, _ = evaluate_model(
-            model, encoder, conds, condition_embeds, labels[chosen] if labels is not None else None, classifier,
-            reference, few_embeds, per_condition=per_condition, few_shot_per=few_shot_per, steps=steps,
-            guidance=guidance, sampler=sampler, seed=seed,
-        )
-        metrics["training"] = training_summary(path)
-        result["models"][path] = metrics
-        log(f"[eval] {os.path.basename(path)}: done in {metrics['sampling_seconds']}s of sampling")
+        fitted = fit_image(images, size, size, mode="resize") if images.shape[-1] != size else images
+        per_seed = []
+        for s in seeds:
+            metrics, _ = evaluate_model(
+                model, encoder, fitted[chosen[s]], all_embeds.select(chosen[s]),
+                labels[chosen[s]] if labels is not None else None, classifier, reference,
+                all_embeds.select(few_index[s]) if few_index is not None else None,
+                per_condition=per_condition, few_shot_per=few_shot_per, steps=steps, guidance=guidance,
+                sampler=sampler, seed=s, log=log,
+            )
+            per_seed.append(metrics)
+        mean, spread = mean_and_spread(per_seed)
+        result["models"][path] = {"mean": mean, "spread": spread, "seeds": per_seed, "encoder": encoder.encoder_id,
+                                  "training": training_summary(path)}
+        log(f"[eval] {os.path.basename(path)}: {len(seeds)} seeds in {time.perf_counter() - started:.0f}s")
     return result
 
 
@@ -294,32 +356,40 @@ def training_summary(path: str) -> dict:
 
 ROWS = [
     ("consistency_classifier", "consistency: classifier agrees with the condition's label", "{:.3f}"),
-    ("consistency_encoder_cosine", "consistency: encoder cosine, condition vs variation", "{:.3f}"),
-    ("unrelated_encoder_cosine", "  (encoder cosine of unrelated held-out images)", "{:.3f}"),
-    ("diversity_l1", "diversity: mean pairwise L1 among variations", "{:.4f}"),
-    ("distance_to_condition_l1", "diversity: mean L1 to the condition (0 = copies)", "{:.4f}"),
-    ("few_shot_fd", "few-shot Frechet distance (encoder pooled)", "{:.2f}"),
-    ("sampling_seconds", "sampling seconds", "{:.1f}"),
+    ("consistency_encoder_cosine", "consistency: cosine in the model's own encoder", "{:.3f}"),
+    ("unrelated_encoder_cosine", "  (the same cosine for unrelated held-out images)", "{:.3f}"),
+    ("diversity_l1", "diversity: mean pairwise pixel L1 among variations", "{:.4f}"),
+    ("distance_to_condition_l1", "distance to the condition: pixel L1 (0 = copies)", "{:.4f}"),
+    ("few_shot_fd", "few-shot Frechet distance (classifier features)", "{:.2f}"),
+    ("sampling_seconds", "sampling seconds per seed", "{:.1f}"),
 ]
 
 
 def format_table(result: dict, names: Optional[dict] = None) -> str:
-    """The models side by side, one metric per row."""
+    """The models side by side, one metric per row, each as mean ± spread over the seeds."""
     paths = list(result["models"])
     names = names or {}
     headers = [names.get(p) or os.path.splitext(os.path.basename(p))[0] for p in paths]
-    width = max(12, *(len(h) for h in headers))
+    width = max(16, *(len(h) for h in headers))
     label_width = max(len(label) for _, label, _ in ROWS)
-    lines = [" " * label_width + "  " + "  ".join(h.rjust(width) for h in headers)]
+
+    def cell(mean, spread, fmt):
+        return "-" if mean is None else f"{fmt.format(mean)} ± {fmt.format(spread)}"
+
+    seeds = result.get("seeds", [])
+    lines = [f"mean ± standard deviation over seeds {seeds}; {result.get('settings', {}).get('conditions')} "
+             f"conditions x {result.get('settings', {}).get('per_condition')} variations per seed",
+             " " * label_width + "  " + "  ".join(h.rjust(width) for h in headers)]
     for key, label, fmt in ROWS:
-        values = [result["models"][p].get(key) for p in paths]
-        if all(v is None for v in values):
+        values = [(result["models"][p]["mean"].get(key), result["models"][p]["spread"].get(key)) for p in paths]
+        if all(m is None for m, _ in values):
             continue
-        cells = [(fmt.format(v) if v is not None else "-").rjust(width) for v in values]
-        lines.append(label.ljust(label_width) + "  " + "  ".join(cells))
+        lines.append(label.ljust(label_width) + "  " + "  ".join(cell(m, s, fmt).rjust(width) for m, s in values))
     real = result.get("reference", {}).get("few_shot_fd_real_images")
     if real is not None:
-        lines.append(f"{'  (few-shot FD of as many real held-out images)'.ljust(label_width)}  {real:.2f}")
+        spread = result["reference"].get("few_shot_fd_real_images_spread", 0.0)
+        label = "  (few-shot FD of as many real held-out images)"
+        lines.append(f"{label.ljust(label_width)}  {cell(real, spread, '{:.2f}').rjust(width)}")
     return "\n".join(lines)
 
 
@@ -329,19 +399,31 @@ def format_table(result: dict, names: Optional[dict] = None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True, help="model file (repeat to compare models)")
-    parser.add_argument("--encoder", required=True, help="the encoder file the models were trained with")
+    parser.add_argument("--encoder", action="append", required=True,
+                        help="the encoder file the models were trained with: once for all, or once per --model")
     parser.add_argument("--data", required=True,
                         help="held-out images: a JSONL manifest ({'path', 'label'} per line) or a folder of images")
-    parser.add_argument("--classifier", help="digit classifier file for the label-agreement consistency")
-    parser.add_argument("--conditions", type=int, default=50, help="held-out images to condition on")
+    parser.add_argument("--classifier", help="digit classifier file: label-agreement consistency and the few-shot FD")
+    parser.add_argument("--conditions", type=int, default=0,
+                        help="held-out images to condition on (default 0 = all of them)")
     parser.add_argument("--per-condition", type=int, default=4, help="variations of each condition (>= 2)")
     parser.add_argument("--few-shot-k", type=int, default=10, help="conditions of the few-shot FD (0 = skip)")
-    parser.add_argument("--few-shot-per", type=int, default=10, help="samples per few-shot condition")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--few-shot-per", type=int, default=20, help="samples per few-shot condition")
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--sampler", default="dpmpp_2m")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="euler_ancestral")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; figures are mean ± spread over them")
     parser.add_argument("--json", help="write the metrics to this JSON file")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers like 0,1,2; got {text!r}") from None
+    if not seeds:
+        raise ValueError("--seeds needs at least one seed")
+    return seeds
 
 
 def run(args) -> int:
@@ -350,7 +432,7 @@ def run(args) -> int:
     result = evaluate(
         args.model, args.encoder, args.data, args.classifier, conditions=args.conditions,
         per_condition=args.per_condition, few_shot_k=args.few_shot_k, few_shot_per=args.few_shot_per,
-        steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
+        steps=args.steps, guidance=args.guidance, sampler=args.sampler, seeds=parse_seeds(args.seeds),
         log=lambda m: print(m, file=sys.stderr),
     )
     print(format_table(result))
