@@ -62,8 +62,9 @@ demo-models: setup
 comfyui: setup
 	@$(PYTHON) -m tools.run_comfyui --comfyui $(COMFY) --base $(COMFY_BASE) --port $(PORT)
 
+# `semantica bench` and the node overhead through a real ComfyUI (tools/bench.py).
 bench: setup
-	$(PYTHON) -m training.cli bench
+	$(PYTHON) -m tools.bench
 
 # One table of what a lent GPU does (benchmarks/gpu_check.sh); about 6 minutes on one H100/H200.
 gpu-check: setup

@@ -1,7 +1,7 @@
 """The GPU check: one run, one table of what a lent GPU does with the project (about 6 minutes on one H100/H200).
 
   unet       training images/s of PairConditionedUNet against diffusers' UNet2DConditionModel of matched size
-             (benchmarks/bench_unet.py) for base64 and base256, bf16 autocast + channels-last, with and without
+             (training/benchmarks/unet.py) for base64 and base256, bf16 autocast + channels-last, with and without
              torch.compile, and the fraction of the measured bf16 matmul peak each uses
   single     SinDiffusion training steps/s: the `sindiffusion` preset on a 250 px picture (precision auto)
   sampling   images/s of the Variations pipeline (`sample_variations`, dpmpp_2m, guidance 3) at 64 and 256 px
@@ -10,13 +10,12 @@
              downloaded) with the shipped EfficientNet-Lite0 encoder; reports whether its loss falls
 
     bash benchmarks/gpu_check.sh                  # on the GPU machine
-    python benchmarks/gpu_check.py --quick        # the same parts on the CPU at tiny sizes (tests/test_gpu_check.py)
+    python -m benchmarks.gpu_check --quick        # the same parts on the CPU at tiny sizes (tests/test_gpu_check.py)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+from training.benchmarks import unet
+from training.benchmarks.precision import matmul_peak
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 ENCODER = REPO_ROOT / "models" / "demo" / "encoders" / "efficientnet-lite0.safetensors"
 
 # Sizes of the full check (GPU) and of --quick (CPU, tests): the parts are the same code at other sizes.
@@ -53,27 +54,20 @@ def check_unet(device: torch.device, sizes, peak: float, compile_modes) -> list[
     rows = []
     for preset, batch, repeats in sizes:
         for compiled in compile_modes:
-            command = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_unet.py"), "--device", str(device),
-                       "--dtype", "bf16", "--channels-last", "--preset", preset, "--batch", str(batch),
-                       "--repeats", str(repeats), "--warmup", "2" if compiled else "1"]
-            if compiled:
-                command.append("--compile")
-            done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
             what = f"train {preset} bf16{' compiled' if compiled else ''}, batch {batch}"
-            parsed = {}
-            for name in ("ours", "diffusers"):
-                m = re.search(rf"^{name}\s+([\d.]+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)", done.stdout, re.M)
-                if m:
-                    parsed[name] = (float(m.group(1)), float(m.group(2)), float(m.group(3)))
-            if done.returncode or len(parsed) != 2:
-                tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-                rows.append({"what": what, "value": "failed", "unit": "", "reference": "", "notes": tail[0][:100]})
+            try:
+                r = unet.train_throughput(preset, batch, str(device), dtype="bf16", compile=compiled,
+                                          channels_last=True, repeats=repeats, warmup=2 if compiled else 1)
+            except Exception as error:  # noqa: BLE001  (a failed compile is a row of the table, not the end)
+                rows.append({"what": what, "value": "failed", "unit": "", "reference": "",
+                             "notes": f"{type(error).__name__}: {error}"[:100]})
                 continue
-            (s_ours, ips_ours, gf_ours), (s_theirs, ips_theirs, gf_theirs) = parsed["ours"], parsed["diffusers"]
+            ours, theirs = r["ours"], r["diffusers"]
             rows.append({
-                "what": what, "value": ips_ours, "unit": "images/s", "reference": ips_theirs,
-                "notes": f"diffusers; ratio {ips_ours / ips_theirs:.2f}; of bf16 peak: ours "
-                         f"{gf_ours * 1e9 / s_ours / peak:.1%}, diffusers {gf_theirs * 1e9 / s_theirs / peak:.1%}",
+                "what": what, "value": ours["images_per_s"], "unit": "images/s", "reference": theirs["images_per_s"],
+                "notes": f"diffusers; ratio {ours['images_per_s'] / theirs['images_per_s']:.2f}; of bf16 peak: ours "
+                         f"{ours['gflop_per_step'] * 1e9 / ours['median_s'] / peak:.1%}, diffusers "
+                         f"{theirs['gflop_per_step'] * 1e9 / theirs['median_s'] / peak:.1%}",
             })
     return rows
 
@@ -222,9 +216,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     sizes = QUICK if args.quick else FULL
-
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from bench_precision import matmul_peak
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak = matmul_peak(device, torch.bfloat16)

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-${SEMANTICA_HOME:-$PWD/.semantica}/venv/bin/python}"
 export HF_HUB_OFFLINE=1
-exec "$PYTHON" benchmarks/gpu_check.py "$@"
+exec "$PYTHON" -m benchmarks.gpu_check "$@"

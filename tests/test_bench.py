@@ -1,22 +1,84 @@
-"""`semantica bench` reads the benchmark scripts' printed summaries into its table."""
-from training.bench import node_rows
+"""The benchmarks return their figures, and `semantica bench` puts those into its table (tiny sizes: no figure is
+asserted beyond being measured; on a shared CPU they mean nothing)."""
+from pathlib import Path
 
-NODE_SUMMARY = """settings: preset tiny, 64x64, 4 variations, 10 steps, dpmpp_2m, guidance 3.0, device cpu
-wall-clock: node (HTTP submit -> history, incl. PNG save) median 1.958 s per prompt (0.490 s per variation, min 1.863); core (sample_variations) median 1.834 s (0.458 s per variation, min 1.693)
-  ratio node / core: 1.068 of medians, 1.100 of minima (goal <= 1.05)
-CPU time: node (HTTP submit -> history, incl. PNG save) median 3.718 s per prompt (0.929 s per variation, min 3.631); core (sample_variations) median 3.652 s (0.913 s per variation, min 3.300)
-  ratio node / core: 1.018 of medians, 1.100 of minima (goal <= 1.05)
-"""
+import pytest
 
+from training import bench
+from training.benchmarks import precision, unet
 
-def test_node_overhead_summary_becomes_two_rows():
-    rows = node_rows(NODE_SUMMARY, steps=10, repeats=3)
-    assert [r[:3] for r in rows] == [
-        ("node vs direct call, wall-clock (s/variation)", "0.490", "0.458"),
-        ("node vs direct call, CPU time (s/variation)", "0.929", "0.913"),
-    ]
-    assert rows[0][3].startswith("ratio 1.068") and rows[1][3].startswith("ratio 1.018")
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_an_unexpected_summary_gives_no_rows():
-    assert node_rows("Traceback (most recent call last): ...", steps=10, repeats=3) == []
+def test_unet_benchmarks_return_both_networks_figures():
+    r = unet.train_throughput("tiny", batch=1, repeats=1, warmup=0)
+    for side in ("ours", "diffusers"):
+        figures = r[side]
+        assert figures["median_s"] > 0 and figures["images_per_s"] == pytest.approx(1 / figures["median_s"])
+        assert figures["gflop_per_step"] > 0 and figures["parameters"] > 0
+    assert abs(r["ours"]["parameters"] / r["diffusers"]["parameters"] - 1) < 0.1  # the twin is matched in size
+    (row,) = bench.unet_training_rows({"fp32": r})
+    assert row[0] == "training throughput, fp32 (images/s)" and row[1] == f"{r['ours']['images_per_s']:.1f}"
+
+    rates = unet.sampling_throughput("tiny", batch=1, repeats=1)
+    assert set(rates) == {"fp32", "bf16"} and all(v > 0 for mode in rates.values() for v in mode.values())
+    assert [row[0] for row in bench.unet_sampling_rows(rates, "tiny", 1)] == [
+        "sampling throughput, fp32 (images x steps/s)", "sampling throughput, bf16 (images x steps/s)",
+        "sampling, each at its fastest mode"]
+
+
+def test_precision_benchmark_returns_each_workload():
+    lines = []
+    result = precision.run("cpu", only=["sample-pairs"], repeats=1, warmup=0, peak_size=128, out=lines.append)
+    (workload,) = result["workloads"]
+    assert workload["workload"] == "sample-pairs" and workload["gflop_per_step"] > 0
+    assert all(workload[key]["median_s"] > 0 and 0 < workload[key]["roofline"] for key in ("fp32", "fast"))
+    assert len(lines) == 2  # the settings, then the workload
+    rows = bench.precision_rows(result, "cpu")
+    assert [row[0] for row in rows] == ["matmul peak, fp32 / bf16 (GFLOP/s)",
+                                        "sample-pairs: fast vs fp32 NCHW (ms/step)"]
+
+
+def test_best_mode_row_takes_each_side_at_its_fastest():
+    rates = {"fp32": {"ours": 50.0, "diffusers": 40.0}, "bf16": {"ours": 80.0, "diffusers": 35.0}}
+    (row,) = bench.best_mode_row("training", rates)
+    assert row[1:3] == ("80.0", "40.0") and row[3].startswith("ratio 2.00; ours bf16, diffusers fp32")
+    assert bench.best_mode_row("training", {"fp32": rates["fp32"]}) == []
+
+
+def test_a_failed_part_is_a_row_and_the_exit_status(capsys, tmp_path):
+    from training.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--only", "unet", "--only", "samplers", "--preset", "sindiffusion_tiny",
+                                      "--model", str(tmp_path / "missing.safetensors")])
+    assert args.func(args) == 1
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["measurement", "semantica", "reference", "notes"]
+    assert table[2].startswith("unet") and "failed" in table[2] and "not a pair-conditioned preset" in table[2]
+    assert "skipped" in table[3] and "missing.safetensors" in table[3]
+
+
+def test_sampler_benchmark_counts_network_evaluations(tmp_path):
+    from training.benchmarks import samplers
+
+    result = samplers.sampler_evaluations(
+        REPO / "models/demo/mnist-pairs.safetensors", REPO / "models/eval/mnist-classifier.safetensors",
+        REPO / "models/demo/encoders/efficientnet-lite0.safetensors", tmp_path / "digits", conditions=2, per=2,
+        ddpm_steps=8, samplers=("euler", "heun"), step_counts=(2,))
+    assert result["ddpm"]["evaluations"] == 8 and result["ddpm"]["fd"] > 0
+    assert result["samplers"]["euler"]["evaluations"] == 2
+    assert result["samplers"]["heun"]["evaluations"] == 3  # two per step, one for the last step to 0
+    assert len(bench.sampler_rows(result)) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.host
+def test_node_overhead_times_both_sides_on_a_real_server():
+    from tools import bench_node_overhead
+
+    result = bench_node_overhead.measure(size=32, count=1, steps=2, repeats=1, log=lambda line: None)
+    for side in ("node", "core"):
+        assert len(result[side]["wall"]) == 1 and result[side]["wall"][0] > 0
+    rows = bench_node_overhead.rows(result)
+    assert [row[0] for row in rows] == ["node vs direct call, wall-clock (s/variation)",
+                                        "node vs direct call, CPU time (s/variation)"]

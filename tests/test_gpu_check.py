@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 @pytest.mark.slow
@@ -34,7 +33,7 @@ def test_generated_pages_are_related_within_a_page(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from gpu_check import write_pages
+    from benchmarks.gpu_check import write_pages
 
     write_pages(tmp_path, pages=3, per_page=2, size=32)
     pages = sorted(p for p in tmp_path.iterdir())
@@ -42,11 +41,3 @@ def test_generated_pages_are_related_within_a_page(tmp_path):
     means = [[np.asarray(Image.open(f)).reshape(-1, 3).mean(0) for f in sorted(p.glob("*.png"))] for p in pages]
     assert all(m.shape == (3,) for page in means for m in page)
 
-
-def test_best_mode_row_takes_each_side_at_its_fastest():
-    from training.bench import best_mode_row
-
-    rates = {"fp32": {"ours": 50.0, "diffusers": 40.0}, "bf16": {"ours": 80.0, "diffusers": 35.0}}
-    (row,) = best_mode_row("training", rates)
-    assert row[1:3] == ("80.0", "40.0") and row[3].startswith("ratio 2.00; ours bf16, diffusers fp32")
-    assert best_mode_row("training", {"fp32": rates["fp32"]}) == []

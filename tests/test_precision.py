@@ -1,6 +1,6 @@
 """The precision switch: detection, the one vocabulary, the float32 path forced, and the fast path within bf16's
 precision of float32 (tolerances from torch.finfo(torch.bfloat16).eps, not from a run). No timing here: the speed
-is measured by benchmarks/bench_precision.py."""
+is measured by training/benchmarks/precision.py."""
 import copy
 
 import pytest

@@ -14,29 +14,26 @@ Roofline: the FLOPs of one step (torch.utils.flop_counter.FlopCounterMode, count
 does not change them) over its median time, divided by the peak this run measures for a 2048^3 matmul in the same
 dtype on the same device. A fraction, not an MFU against a datasheet.
 
-    python benchmarks/bench_precision.py                       # CPU: auto vs fp32, all four
-    python benchmarks/bench_precision.py --precision bf16 --only train-single --repeats 20
-    python benchmarks/bench_precision.py --device cuda --json out/bench_precision.json
+    python -m training.benchmarks.precision                    # CPU: auto vs fp32, all four
+    python -m training.benchmarks.precision --precision bf16 --only train-single --repeats 20
+    python -m training.benchmarks.precision --device cuda --json out/bench_precision.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from semantica_core.diffusion import Denoiser, DiffusionConfig, ScheduleConfig  # noqa: E402
-from semantica_core.embeds import Embeds  # noqa: E402
-from semantica_core.networks import PairConditionedUNet, PatchUNet  # noqa: E402
-from semantica_core.precision import Precision, describe, resolve_precision  # noqa: E402
-from semantica_core.presets import network_preset  # noqa: E402
+from semantica_core.diffusion import Denoiser, DiffusionConfig, ScheduleConfig
+from semantica_core.embeds import Embeds
+from semantica_core.networks import PairConditionedUNet, PatchUNet
+from semantica_core.precision import Precision, describe, resolve_precision
+from semantica_core.presets import network_preset
 
 WORKLOADS = ("train-single", "train-pairs", "sample-single", "sample-pairs")
 
@@ -160,12 +157,15 @@ def format_result(r: dict) -> str:
 
 
 def run(device: str = "cpu", precision: str = "auto", only=None, repeats: int = 10, warmup: int = 2,
-        scale: int = 1, threads=None, out=print) -> dict:
+        scale: int = 1, threads=None, peak_size: int = 2048, out=print) -> dict:
+    """Each workload's fp32 and fast-path figures: {"peak_gflops": {"fp32", "bf16"}, "workloads": [{"workload",
+    "fp32": {...}, "fast": {...}, "speedup_median", ...}], ...}; `out` gets one line per workload as it ends."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
     fast = resolve_precision(precision, device)
-    peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
+    peaks = {"fp32": matmul_peak(device, torch.float32, peak_size),
+             "bf16": matmul_peak(device, torch.bfloat16, peak_size)}
     out(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; fast path: "
         f"{describe(fast)} (precision={precision}); matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; {repeats} interleaved repeats")
@@ -242,4 +242,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -6,8 +6,8 @@ SaveImage) against Semantica Variations (+ SaveImage), with the same sampler, Ka
 (KSampler's cfg) and number of images. The loaders and the encoder are cached by ComfyUI after the warm-up, so
 each timed prompt re-runs the sampler (a new seed) and the PNG save. The two sides alternate, so drift hits both.
 
-    python benchmarks/bench_ksampler.py                                # mnist-pairs, 32 px, 8 images, 30 steps
-    python benchmarks/bench_ksampler.py --size 64 --count 16 --sampler dpmpp_2m --device cuda
+    python -m tools.bench_ksampler                                # mnist-pairs, 32 px, 8 images, 30 steps
+    python -m tools.bench_ksampler --size 64 --count 16 --sampler dpmpp_2m --device cuda
 
 Prints the medians per image and the ratio KSampler / ours, in wall-clock and CPU time (the server's, from /proc:
 on a shared machine the one other processes do not disturb).
@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.bench_node_overhead import process_cpu_seconds  # noqa: E402
-from tools.hostctl import ComfyServer, default_comfy_dir  # noqa: E402
+from tools.bench_node_overhead import process_cpu_seconds
+from tools.hostctl import ComfyServer, default_comfy_dir
 
 SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m")  # the ones both sides have
 

@@ -6,8 +6,8 @@ after the warm-up, so each timed prompt re-runs only the sampler and SaveImage (
 is `sample_variations` with the same model file, embeddings and settings, in this process. Node and core runs
 alternate, so drift hits both alike. Both use the same device and the same number of torch threads.
 
-    python benchmarks/bench_node_overhead.py                      # tiny preset, 64 px, 4 variations, 30 steps
-    python benchmarks/bench_node_overhead.py --preset base64 --steps 50 --repeats 3 --device cuda
+    python -m tools.bench_node_overhead                      # tiny preset, 64 px, 4 variations, 30 steps
+    python -m tools.bench_node_overhead --preset base64 --steps 50 --repeats 3 --device cuda
 
 Reports the medians and the ratio node / core (goal: at most 1.05 at settings where a prompt takes seconds), in
 wall-clock time and in CPU time (Linux: the server's CPU seconds from /proc plus this process's). On a shared
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools.hostctl import ComfyServer, default_comfy_dir  # noqa: E402
+from tools.hostctl import ComfyServer, default_comfy_dir
 
 
 def write_files(models_dir: Path, preset: str) -> tuple[Path, Path]:
@@ -37,7 +34,7 @@ def write_files(models_dir: Path, preset: str) -> tuple[Path, Path]:
     from semantica_core.encoders import export_encoder
     from semantica_core.networks import build_network
     from semantica_core.presets import network_preset
-    from training.presets import default_diffusion_config
+    from semantica_core.presets import default_diffusion_config
 
     encoder_path = models_dir / "semantica" / "encoders" / "bench-encoder.safetensors"
     encoder = export_encoder("efficientnet-lite0", encoder_path, random=True, image_size=128)
@@ -65,23 +62,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--size", type=int, default=64, help="width and height in pixels (0 = the model's)")
-    parser.add_argument("--count", type=int, default=4, help="variations per prompt")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--sampler", default="dpmpp_2m")
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=5, help="timed prompts per side")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads on both sides (0 = torch's default); 1 is steadier on a busy machine")
-    args = parser.parse_args()
-    if args.threads:  # the server inherits OMP_NUM_THREADS; this process sets its own
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-        torch.set_num_threads(args.threads)
-
+def measure(preset: str = "tiny", size: int = 64, count: int = 4, steps: int = 30, sampler: str = "dpmpp_2m",
+            guidance: float = 3.0, repeats: int = 5, device: str = "cpu", log=print) -> dict:
+    """Interleaved node and core runs: {"node"|"core": {"wall": [s per prompt], "cpu": [CPU s per prompt]}, and
+    the settings}. `log` gets one line per repeat."""
     import skimage.data
 
     from semantica_core.checkpoint import load_checkpoint
@@ -90,9 +74,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="semantica-bench-") as tmp:
         base = Path(tmp)
-        encoder_path, model_path = write_files(base / "models", args.preset)
-        server = ComfyServer(base, comfy_dir=default_comfy_dir(), log_path=base / "comfyui.log",
-                             cpu=args.device == "cpu")
+        encoder_path, model_path = write_files(base / "models", preset)
+        server = ComfyServer(base, comfy_dir=default_comfy_dir(), log_path=base / "comfyui.log", cpu=device == "cpu")
         server.start(timeout=180)
         try:
             client = server.client()
@@ -107,22 +90,20 @@ def main() -> None:
                     "3": {"class_type": "SemanticaEncoderLoader", "inputs": {"encoder_name": encoder_path.name}},
                     "4": {"class_type": "SemanticaEncodeImage", "inputs": {"encoder": ["3", 0], "image": ["1", 0]}},
                     "5": {"class_type": "SemanticaVariationSampler", "inputs": dict(
-                        model=["2", 0], embeds=["4", 0], seed=seed, count=args.count, steps=args.steps,
-                        guidance=args.guidance, sampler=args.sampler, spacing="karras", width=args.size,
-                        height=args.size)},
+                        model=["2", 0], embeds=["4", 0], seed=seed, count=count, steps=steps, guidance=guidance,
+                        sampler=sampler, spacing="karras", width=size, height=size)},
                     "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "bench"}},
                 }
 
-            device = torch.device(args.device)
-            model = load_checkpoint(model_path, weights="raw", device=device)
-            encoder = load_encoder(encoder_path, device=device)
-            embeds = encoder(torch.from_numpy(photo.astype(np.float32) / 255).movedim(-1, 0)[None].to(device))
+            dev = torch.device(device)
+            model = load_checkpoint(model_path, weights="raw", device=dev)
+            encoder = load_encoder(encoder_path, device=dev)
+            embeds = encoder(torch.from_numpy(photo.astype(np.float32) / 255).movedim(-1, 0)[None].to(dev))
 
             def core(seed: int) -> None:
-                sample_variations(model, embeds, seed=seed, count=args.count, steps=args.steps, guidance=args.guidance,
-                                  sampler=args.sampler, spacing="karras", width=args.size or None,
-                                  height=args.size or None)
-                if device.type == "cuda":
+                sample_variations(model, embeds, seed=seed, count=count, steps=steps, guidance=guidance,
+                                  sampler=sampler, spacing="karras", width=size or None, height=size or None)
+                if dev.type == "cuda":
                     torch.cuda.synchronize()
 
             def node(seed: int) -> None:
@@ -131,33 +112,67 @@ def main() -> None:
             node(10**6)  # warm-up: loads the model and the encoder, encodes the photo
             core(10**6)
             server_pid = server.process.pid
-            times = {"node": [], "core": []}
-            cpu = {"node": [], "core": []}
-            for i in range(args.repeats):
-                for side, run in (("node", node), ("core", core)):
+            result = {side: {"wall": [], "cpu": []} for side in ("node", "core")}
+            for i in range(repeats):
+                for side, call in (("node", node), ("core", core)):
                     cpu_start = time.process_time() + process_cpu_seconds(server_pid)
                     start = time.perf_counter()
-                    run(1000 + i)
-                    times[side].append(time.perf_counter() - start)
-                    cpu[side].append(time.process_time() + process_cpu_seconds(server_pid) - cpu_start)
-                print(f"repeat {i + 1}/{args.repeats}: node {times['node'][-1]:.3f} s ({cpu['node'][-1]:.2f} CPU s), "
-                      f"core {times['core'][-1]:.3f} s ({cpu['core'][-1]:.2f} CPU s)", flush=True)
+                    call(1000 + i)
+                    result[side]["wall"].append(time.perf_counter() - start)
+                    result[side]["cpu"].append(time.process_time() + process_cpu_seconds(server_pid) - cpu_start)
+                log(f"repeat {i + 1}/{repeats}: node {result['node']['wall'][-1]:.3f} s "
+                    f"({result['node']['cpu'][-1]:.2f} CPU s), core {result['core']['wall'][-1]:.3f} s "
+                    f"({result['core']['cpu'][-1]:.2f} CPU s)")
         finally:
             server.stop()
+    result.update(preset=preset, size=size, count=count, steps=steps, sampler=sampler, guidance=guidance,
+                  repeats=repeats, device=device, threads=torch.get_num_threads())
+    return result
 
+
+def rows(result: dict) -> list[tuple[str, str, str, str]]:
+    """Table rows (measurement, node, core, notes) of `measure`'s result, per variation, wall-clock and CPU time."""
+    out = []
+    for what, key in (("wall-clock", "wall"), ("CPU time", "cpu")):
+        node, core = (statistics.median(result[side][key]) for side in ("node", "core"))
+        out.append((f"node vs direct call, {what} (s/variation)", f"{node / result['count']:.3f}",
+                    f"{core / result['count']:.3f}", f"ratio {node / core:.3f} (goal <= 1.05); {result['steps']} "
+                    f"steps, {result['repeats']} repeats"))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--size", type=int, default=64, help="width and height in pixels (0 = the model's)")
+    parser.add_argument("--count", type=int, default=4, help="variations per prompt")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--sampler", default="dpmpp_2m")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=5, help="timed prompts per side")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads on both sides (0 = torch's default); 1 is steadier on a busy machine")
+    args = parser.parse_args(argv)
+    if args.threads:  # the server inherits OMP_NUM_THREADS; this process sets its own
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    result = measure(args.preset, args.size, args.count, args.steps, args.sampler, args.guidance, args.repeats,
+                     args.device, log=lambda line: print(line, flush=True))
     size = f"{args.size}x{args.size}" if args.size else "the model's resolution"
     print(f"\nsettings: preset {args.preset}, {size}, {args.count} variations, {args.steps} steps, {args.sampler}, "
-          f"guidance {args.guidance}, device {args.device}, torch threads {torch.get_num_threads()}, "
+          f"guidance {args.guidance}, device {args.device}, torch threads {result['threads']}, "
           f"{args.repeats} interleaved repeats")
-    for what, unit in (("wall-clock", times), ("CPU time", cpu)):
-        node, core = unit["node"], unit["core"]
+    for what, key in (("wall-clock", "wall"), ("CPU time", "cpu")):
+        node, core = result["node"][key], result["core"][key]
         node_median, core_median = statistics.median(node), statistics.median(core)
         print(f"{what}: node (HTTP submit -> history, incl. PNG save) median {node_median:.3f} s per prompt "
               f"({node_median / args.count:.3f} s per variation, min {min(node):.3f}); core (sample_variations) "
               f"median {core_median:.3f} s ({core_median / args.count:.3f} s per variation, min {min(core):.3f})")
         print(f"  ratio node / core: {node_median / core_median:.3f} of medians, {min(node) / min(core):.3f} of "
               f"minima (goal <= 1.05)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -14,34 +14,31 @@ training takes per 1,000 steps.
    steps after 3 warm-up steps and extrapolated to 1,000 steps (the extrapolation is stated). On the CPU always; on
    CUDA when present; at precision auto (bf16 autocast + channels-last where the device has native bf16).
 
-    python benchmarks/bench_single.py                                # CPU; CUDA too when present
-    python benchmarks/bench_single.py --model out/cat.safetensors --image cat.png --samples 16
-    python benchmarks/bench_single.py --skip-sampler --time-steps 100
+    python -m training.benchmarks.single                                # CPU; CUDA too when present
+    python -m training.benchmarks.single --model out/cat.safetensors --image cat.png --samples 16
+    python -m training.benchmarks.single --skip-sampler --time-steps 100
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from semantica_core.checkpoint import load_checkpoint  # noqa: E402
-from semantica_core.metrics.frechet import frechet_distance_features  # noqa: E402
-from semantica_core.metrics.sifid import sifid, sifid_feature_network, spatial_features  # noqa: E402
-from semantica_core.precision import describe, resolve_precision  # noqa: E402
-from semantica_core.single_image_train import (  # noqa: E402
+from semantica_core.checkpoint import load_checkpoint
+from semantica_core.metrics.frechet import frechet_distance_features
+from semantica_core.metrics.sifid import sifid, sifid_feature_network, spatial_features
+from semantica_core.precision import describe, resolve_precision
+from semantica_core.single_image import sample_single_image
+from semantica_core.single_image_train import (
     PRESETS,
     SingleImageTrainConfig,
     init_train_state,
     save_single_image_checkpoint,
     train_single_image,
 )
-from semantica_core.single_image import sample_single_image  # noqa: E402
 
 NFE_PER_STEP = {"heun": 2}  # model evaluations per step (Heun: 2, but 1 for its last step to 0)
 
@@ -201,4 +198,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
