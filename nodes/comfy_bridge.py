@@ -14,11 +14,9 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from .comfy_model import ENCODER_ID, NULL, POOLED
+from .common import MAX_SIZE, check_combos, model_file_inputs
 from .embeds import EmbedsSocket
-from .folders import MODELS, model_file_list, resolve_model_file
-from .loaders import WEIGHTS, _check_file
-
-MAX_SIZE = 8192
+from .loaders import load_model_file
 
 
 class SemanticaKSamplerModelLoader(io.ComfyNode):
@@ -32,32 +30,19 @@ class SemanticaKSamplerModelLoader(io.ComfyNode):
             "SamplerCustomAdvanced and every node that takes a MODEL: a pair-conditioned model (conditioning from "
             "Semantica Conditioning) or a single-image SinDiffusion model (Semantica Conditioning without embeds, "
             "cfg 1). Its latents are pixels: use VAELoader's pixel_space with VAEEncode / VAEDecode.",
-            inputs=[
-                io.Combo.Input("model_name", options=model_file_list(MODELS)),
-                io.Combo.Input("weights", options=list(WEIGHTS), default="ema",
-                               tooltip="ema: the averaged weights training exports (use these); raw: the last step's"),
-            ],
+            inputs=model_file_inputs(),
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
     def validate_inputs(cls, model_name=None, weights=None):
-        if weights is not None and weights not in WEIGHTS:
-            return f"weights '{weights}' is not one of: {', '.join(WEIGHTS)}"
-        return _check_file(MODELS, model_name)
+        return check_combos(model_name=model_name, weights=weights)
 
     @classmethod
     def execute(cls, model_name, weights) -> io.NodeOutput:
-        import warnings
-
-        from semantica_core.checkpoint import load_checkpoint
-
         from .comfy_model import comfy_model
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*has no EMA weights.*")  # expected for untrained files
-            model = load_checkpoint(resolve_model_file(MODELS, model_name), weights=weights)
-        return io.NodeOutput(comfy_model(model, model_name))
+        return io.NodeOutput(comfy_model(load_model_file(model_name, weights), model_name))
 
 
 class SemanticaConditioning(io.ComfyNode):

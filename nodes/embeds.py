@@ -9,6 +9,7 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from .clip_vision import TOKEN_SOURCES
+from .common import check_combos
 from .convert import image_to_core
 from .dependencies import needs_packages
 from .loaders import EncoderSocket
@@ -67,9 +68,7 @@ class SemanticaClipVisionEmbeds(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, tokens=None):
-        if tokens is not None and tokens not in TOKEN_SOURCES:
-            return f"tokens '{tokens}' is not one of: {', '.join(TOKEN_SOURCES)}"
-        return True
+        return check_combos(tokens=tokens)
 
     @classmethod
     def execute(cls, clip_vision, clip_vision_output, tokens) -> io.NodeOutput:

@@ -2,6 +2,7 @@
 
 models/semantica/            Semantica checkpoints (variation, SDEdit and single-image models)
 models/semantica/encoders/   frozen image encoders the checkpoints were trained with
+models/open_clip/            full open_clip checkpoints (image and text towers) for text-guided sampling
 The pack's own models/demo/ (and its encoders/) is registered after them as a second search path, so the embedded
 demo models and the real EfficientNet-Lite0 encoder are in the loaders' lists of any ComfyUI the pack is cloned
 into, with nothing copied. Extra locations can be added under the same names in ComfyUI's extra_model_paths.yaml.
@@ -16,6 +17,7 @@ import folder_paths
 
 MODELS = "semantica"
 ENCODERS = "semantica_encoders"
+CLIP_FOLDER = "open_clip"
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODELS_DIR = os.path.join(PACK_DIR, "models", "demo")
@@ -25,6 +27,7 @@ EXAMPLE_INPUTS_DIR = os.path.join(PACK_DIR, "assets", "inputs")
 FOLDER_CONTENTS = {
     MODELS: "Semantica checkpoints (.safetensors) written by `semantica train` or SinDiffusion Train",
     ENCODERS: "image encoders (.safetensors) written by `semantica encoder export NAME`",
+    CLIP_FOLDER: "full open_clip checkpoints (image and text towers, e.g. OpenAI ViT-B-32)",
 }
 _SUBDIRS = {MODELS: "semantica", ENCODERS: os.path.join("semantica", "encoders")}
 _EMBEDDED = {MODELS: DEMO_MODELS_DIR, ENCODERS: os.path.join(DEMO_MODELS_DIR, "encoders")}
@@ -32,7 +35,7 @@ _EMBEDDED = {MODELS: DEMO_MODELS_DIR, ENCODERS: os.path.join(DEMO_MODELS_DIR, "e
 
 def register_folders() -> None:
     """Adds the default folders under ComfyUI's models directory (first: where new files go) and the pack's
-    embedded models (last), keeping paths users configured."""
+    embedded models (last), keeping paths users configured; and models/open_clip where ComfyUI has no such name."""
     for name, subdir in _SUBDIRS.items():
         path = os.path.join(folder_paths.models_dir, subdir)
         if name in folder_paths.folder_names_and_paths:
@@ -41,10 +44,18 @@ def register_folders() -> None:
         else:
             folder_paths.folder_names_and_paths[name] = ([path], set(folder_paths.supported_pt_extensions))
         folder_paths.add_model_folder_path(name, _EMBEDDED[name])
-        try:
-            os.makedirs(path, exist_ok=True)  # so users find where the files go
-        except OSError:
-            pass
+        _make_folder(path)
+    if CLIP_FOLDER not in folder_paths.folder_names_and_paths:  # ComfyUI has none of its own for these
+        path = os.path.join(folder_paths.models_dir, CLIP_FOLDER)
+        folder_paths.folder_names_and_paths[CLIP_FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
+        _make_folder(path)
+
+
+def _make_folder(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)  # so users find where the files go
+    except OSError:
+        pass  # a read-only models folder: the files can still come from extra_model_paths.yaml
 
 
 def install_example_inputs() -> list[str]:

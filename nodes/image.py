@@ -6,7 +6,8 @@ from comfy_api.latest import io
 
 from semantica_core.imageops import FIT_MODES, fit_image
 
-from .convert import core_to_image, image_to_core
+from .common import check_combos, host_images
+from .convert import image_to_core
 
 
 class SemanticaImagePrep(io.ComfyNode):
@@ -33,13 +34,10 @@ class SemanticaImagePrep(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, mode=None):
-        # ComfyUI 0.3.x does not check V3 combo values itself: refuse a bad mode before the prompt runs.
-        if mode is not None and mode not in FIT_MODES:
-            return f"mode '{mode}' is not one of: {', '.join(FIT_MODES)}"
-        return True
+        return check_combos(mode=mode)
 
     @classmethod
     def execute(cls, image, width, height, mode) -> io.NodeOutput:
         images = image_to_core(image.to(comfy.model_management.get_torch_device()))
         out = fit_image(images, width, height, mode)
-        return io.NodeOutput(core_to_image(out).to(comfy.model_management.intermediate_device()))
+        return io.NodeOutput(host_images(out))

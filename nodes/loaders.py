@@ -3,22 +3,23 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from .common import check_combos, model_file_inputs
 from .dependencies import needs_packages
 from .folders import ENCODERS, MODELS, model_file_list, resolve_model_file
 from .model import ManagedModel, ModelSocket
 
 EncoderSocket = io.Custom("SEMANTICA_ENCODER")  # carries a semantica_core ImageEncoder
-WEIGHTS = ("ema", "raw")
 
 
-def _check_file(folder: str, name) -> bool | str:
-    # A missing file fails at queue time with the folders searched (ComfyUI 0.3.x does not check V3 combos).
-    if name is not None:
-        try:
-            resolve_model_file(folder, name)
-        except FileNotFoundError as e:
-            return str(e)
-    return True
+def load_model_file(model_name: str, weights: str):
+    """The checkpoint `model_name` in models/semantica as a SemanticaModel on the CPU (ComfyUI moves it later)."""
+    import warnings
+
+    from semantica_core.checkpoint import load_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no EMA weights.*")  # expected for untrained files
+        return load_checkpoint(resolve_model_file(MODELS, model_name), weights=weights)
 
 
 class SemanticaEncoderLoader(io.ComfyNode):
@@ -36,7 +37,7 @@ class SemanticaEncoderLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, encoder_name=None):
-        return _check_file(ENCODERS, encoder_name)
+        return check_combos(encoder_name=encoder_name)
 
     @classmethod
     def execute(cls, encoder_name) -> io.NodeOutput:
@@ -56,31 +57,14 @@ class SemanticaUNetLoader(io.ComfyNode):
             description="Loads a Semantica checkpoint from models/semantica: a pair-conditioned model (image "
             "variations, mixing, SDEdit) or a single-image SinDiffusion model. ComfyUI moves it to the GPU when a "
             "sampler needs it and offloads it when another model needs the memory.",
-            inputs=[
-                io.Combo.Input("model_name", options=model_file_list(MODELS)),
-                io.Combo.Input(
-                    "weights", options=list(WEIGHTS), default="ema",
-                    tooltip="ema: the averaged weights training exports (use these); raw: the last training step's. "
-                    "A file without EMA weights (from `semantica init`) falls back to raw.",
-                ),
-            ],
+            inputs=model_file_inputs(),
             outputs=[ModelSocket.Output(display_name="model")],
         )
 
     @classmethod
     def validate_inputs(cls, model_name=None, weights=None):
-        if weights is not None and weights not in WEIGHTS:
-            return f"weights '{weights}' is not one of: {', '.join(WEIGHTS)}"
-        return _check_file(MODELS, model_name)
+        return check_combos(model_name=model_name, weights=weights)
 
     @classmethod
     def execute(cls, model_name, weights) -> io.NodeOutput:
-        import warnings
-
-        from semantica_core.checkpoint import load_checkpoint
-
-        path = resolve_model_file(MODELS, model_name)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*has no EMA weights.*")  # expected for untrained files
-            model = load_checkpoint(path, weights=weights)
-        return io.NodeOutput(ManagedModel(model, model_name))
+        return io.NodeOutput(ManagedModel(load_model_file(model_name, weights), model_name))

@@ -13,28 +13,15 @@ from typing import Callable, TypeVar
 import comfy.model_management
 from comfy_api.latest import io
 
-from semantica_core.diffusion import SAMPLERS, SPACINGS
+from semantica_core.diffusion import SPACINGS
 from semantica_core.memory import RequestTooLargeError
 from semantica_core.networks import block_check
 
-from .convert import core_to_image, image_to_core, mask_to_core
+from .common import MAX_SIZE, check_combos, host_images, sampler_input, seed_input
+from .convert import image_to_core, mask_to_core
 from .embeds import EmbedsSocket
 from .model import ModelSocket
 from .progress import SamplingProgress
-
-SAMPLER_NAMES = list(SAMPLERS)
-MAX_SEED = 2**63 - 1  # image i uses seed + i, and torch seeds stop at 2**64 - 1
-MAX_SIZE = 8192
-
-
-def _check_combos(**values) -> bool | str:
-    # ComfyUI 0.3.x does not check V3 combo values itself: refuse bad ones before the prompt runs.
-    options = {"sampler": SAMPLER_NAMES, "spacing": list(SPACINGS)}
-    for name, value in values.items():
-        if value is not None and value not in options[name]:
-            return f"{name} '{value}' is not one of: {', '.join(options[name])}"
-    return True
-
 
 T = TypeVar("T")
 
@@ -55,10 +42,6 @@ def run_on_host(model, call: Callable[[], T]) -> T:
             return call()
 
 
-def _output(images) -> io.NodeOutput:
-    return io.NodeOutput(core_to_image(images).to(comfy.model_management.intermediate_device()))
-
-
 class SemanticaVariationSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -72,12 +55,12 @@ class SemanticaVariationSampler(io.ComfyNode):
             inputs=[
                 ModelSocket.Input("model"),
                 EmbedsSocket.Input("embeds"),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                seed_input(),
                 io.Int.Input("count", default=4, min=1, max=64, tooltip="variations per embedding"),
                 io.Int.Input("steps", default=30, min=1, max=1000),
                 io.Float.Input("guidance", default=3.0, min=0.0, max=30.0, step=0.1, round=0.01,
                                tooltip="classifier-free guidance scale: 1 = none, higher follows the image more"),
-                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="dpmpp_2m"),
+                sampler_input("dpmpp_2m"),
                 io.Combo.Input("spacing", options=list(SPACINGS), default="karras",
                                tooltip="noise levels: karras (fewer steps) or uniform in time"),
                 io.Int.Input("width", default=0, min=0, max=MAX_SIZE, step=1,
@@ -90,7 +73,7 @@ class SemanticaVariationSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sampler=None, spacing=None):
-        return _check_combos(sampler=sampler, spacing=spacing)
+        return check_combos(sampler=sampler, spacing=spacing)
 
     @classmethod
     def execute(cls, model, embeds, seed, count, steps, guidance, sampler, spacing, width, height) -> io.NodeOutput:
@@ -106,7 +89,7 @@ class SemanticaVariationSampler(io.ComfyNode):
             loaded, embeds, seed=seed, count=count, steps=steps, guidance=guidance, sampler=sampler,
             spacing=spacing, width=width or None, height=height or None, callback=SamplingProgress(),
         ))
-        return _output(images)
+        return io.NodeOutput(host_images(images))
 
 
 class SemanticaSDEdit(io.ComfyNode):
@@ -123,13 +106,13 @@ class SemanticaSDEdit(io.ComfyNode):
             inputs=[
                 ModelSocket.Input("model"),
                 io.Image.Input("image", tooltip="the guide: RGB, RGBA (over white) or grayscale"),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                seed_input(),
                 io.Float.Input("strength", default=0.5, min=0.01, max=1.0, step=0.01,
                                tooltip="t0: how far the guide is noised; low keeps the guide, high trusts the model"),
                 io.Int.Input("steps", default=30, min=1, max=1000, tooltip="sampler steps of one pass"),
                 io.Int.Input("repeats", default=1, min=1, max=20,
                              tooltip="passes, each starting from the previous result (more realism, less guide)"),
-                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="ddpm"),
+                sampler_input("ddpm"),
                 io.Float.Input("guidance", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
                                tooltip="classifier-free guidance scale when embeds are connected (1 = none)"),
                 io.Mask.Input("mask", optional=True, tooltip="1 = the area to change (LoadImage's mask: transparent "
@@ -142,7 +125,7 @@ class SemanticaSDEdit(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sampler=None):
-        return _check_combos(sampler=sampler)
+        return check_combos(sampler=sampler)
 
     @classmethod
     def execute(cls, model, image, seed, strength, steps, repeats, sampler, guidance, mask=None,
@@ -161,4 +144,4 @@ class SemanticaSDEdit(io.ComfyNode):
             loaded, guide, seed=seed, t0=strength, steps=steps, repeats=repeats, mask=mask, embeds=embeds,
             guidance=guidance, sampler=sampler, callback=SamplingProgress(),
         ))
-        return _output(images)
+        return io.NodeOutput(host_images(images))

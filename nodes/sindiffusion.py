@@ -15,48 +15,17 @@ import comfy.model_management
 import folder_paths
 from comfy_api.latest import io
 
-from semantica_core.diffusion import SAMPLERS
-
-from .convert import core_to_image, image_to_core
+from .common import MAX_SIZE, TRAIN_PRESETS, check_combos, host_images, sampler_input, seed_input
+from .convert import image_to_core
 from .dependencies import needs_packages
-from .folders import MODELS, resolve_model_file
+from .folders import CLIP_FOLDER, MODELS, resolve_model_file
 from .model import ManagedModel, ModelSocket
 from .progress import SamplingProgress
 from .sampling import run_on_host
 
-SAMPLER_NAMES = list(SAMPLERS)
-MAX_SEED = 2**63 - 1
-MAX_SIZE = 8192
-CLIP_FOLDER = "open_clip"  # full open_clip checkpoints (image and text towers) for text guidance: models/open_clip
-PRESET_NAMES = ("sindiffusion", "sindiffusion_tiny")
-TRAIN_PRESETS = ("auto", *PRESET_NAMES)
 # SinDiffusion Train's default steps, sized to finish in minutes where `auto` picks each preset (the CLI's
 # `train single` defaults are the full runs: 4,000 and 50,000).
 IN_GRAPH_STEPS = {"sindiffusion_tiny": 600, "sindiffusion": 6000}
-
-
-def register_clip_folder() -> None:
-    if CLIP_FOLDER not in folder_paths.folder_names_and_paths:
-        path = os.path.join(folder_paths.models_dir, CLIP_FOLDER)
-        folder_paths.folder_names_and_paths[CLIP_FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError:
-            pass
-
-
-def _clip_file_list() -> list[str]:
-    register_clip_folder()
-    return folder_paths.get_filename_list(CLIP_FOLDER)
-
-
-def _check(sampler=None, preset=None) -> bool | str:
-    # ComfyUI 0.3.x does not check V3 combo values itself.
-    if sampler is not None and sampler not in SAMPLER_NAMES:
-        return f"sampler '{sampler}' is not one of: {', '.join(SAMPLER_NAMES)}"
-    if preset is not None and preset not in TRAIN_PRESETS:
-        return f"preset '{preset}' is not one of: {', '.join(TRAIN_PRESETS)}"
-    return True
 
 
 def _single_image(model: ManagedModel, node: str):
@@ -66,10 +35,6 @@ def _single_image(model: ManagedModel, node: str):
             f"with SinDiffusion Train or `semantica train single`."
         )
     return model.load()
-
-
-def _output(images) -> torch.Tensor:
-    return core_to_image(images).to(comfy.model_management.intermediate_device())
 
 
 def _free_name(folder: str, name: str) -> str:
@@ -150,7 +115,7 @@ class SinDiffusionTrain(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, preset=None):
-        return _check(preset=preset)
+        return check_combos(preset=preset)
 
     @classmethod
     def execute(cls, image, steps, size, preset, seed, model_name) -> io.NodeOutput:
@@ -174,7 +139,7 @@ class SinDiffusionTrain(io.ComfyNode):
         if reused is not None:
             training_image = prepare_training_image(picture, size).add(1).div(2)
             return io.NodeOutput(ManagedModel(load_checkpoint(os.path.join(folder, reused)), reused),
-                                 _output(training_image))
+                                 host_images(training_image))
 
         comfy.model_management.free_memory(4 * 1024**3, device)  # room for a batch of activations at 250 px
         progress = SamplingProgress(total=steps, preview=False)
@@ -190,7 +155,7 @@ class SinDiffusionTrain(io.ComfyNode):
                                             training_key=key)
         training_image = state.image.add(1).div(2)
         del state
-        return io.NodeOutput(ManagedModel(load_checkpoint(path), name), _output(training_image))
+        return io.NodeOutput(ManagedModel(load_checkpoint(path), name), host_images(training_image))
 
 
 class SinDiffusionSample(io.ComfyNode):
@@ -207,18 +172,18 @@ class SinDiffusionSample(io.ComfyNode):
                 ModelSocket.Input("model"),
                 io.Int.Input("width", default=0, min=0, max=MAX_SIZE, tooltip="0 = the training width"),
                 io.Int.Input("height", default=0, min=0, max=MAX_SIZE, tooltip="0 = the training height"),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                seed_input(),
                 io.Int.Input("count", default=4, min=1, max=64),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="fast samplers: 20-50; ddpm: 1000 = the paper's ancestral sampler"),
-                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="dpmpp_2m"),
+                sampler_input("dpmpp_2m"),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )
 
     @classmethod
     def validate_inputs(cls, sampler=None):
-        return _check(sampler=sampler)
+        return check_combos(sampler=sampler)
 
     @classmethod
     def execute(cls, model, width, height, seed, count, steps, sampler) -> io.NodeOutput:
@@ -229,7 +194,7 @@ class SinDiffusionSample(io.ComfyNode):
             loaded, seed=seed, count=count, width=width or None, height=height or None, steps=steps,
             sampler=sampler, callback=SamplingProgress(),
         ))
-        return io.NodeOutput(_output(images))
+        return io.NodeOutput(host_images(images))
 
 
 class SinDiffusionOutpaint(io.ComfyNode):
@@ -249,18 +214,17 @@ class SinDiffusionOutpaint(io.ComfyNode):
                 io.Int.Input("right", default=128, min=0, max=MAX_SIZE),
                 io.Int.Input("top", default=0, min=0, max=MAX_SIZE),
                 io.Int.Input("bottom", default=0, min=0, max=MAX_SIZE),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                seed_input(),
                 io.Int.Input("steps", default=100, min=1, max=1000,
                              tooltip="ddpm: 1000 = one step per DDPM timestep, the most seamless"),
-                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="ddpm",
-                               tooltip="ancestral samplers (ddpm, euler_ancestral) blend the seams best"),
+                sampler_input("ddpm", tooltip="ancestral samplers (ddpm, euler_ancestral) blend the seams best"),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )
 
     @classmethod
     def validate_inputs(cls, sampler=None):
-        return _check(sampler=sampler)
+        return check_combos(sampler=sampler)
 
     @classmethod
     def execute(cls, model, image, left, right, top, bottom, seed, steps, sampler) -> io.NodeOutput:
@@ -271,7 +235,7 @@ class SinDiffusionOutpaint(io.ComfyNode):
             loaded, image_to_core(image.to(model.device)), left, right, top, bottom, seed=seed, steps=steps,
             sampler=sampler, callback=SamplingProgress(),
         ))
-        return io.NodeOutput(_output(images))
+        return io.NodeOutput(host_images(images))
 
 
 class SinDiffusionTextGuided(io.ComfyNode):
@@ -286,7 +250,7 @@ class SinDiffusionTextGuided(io.ComfyNode):
             "towers) in models/open_clip and its architecture name.",
             inputs=[
                 ModelSocket.Input("model"),
-                io.Combo.Input("clip_name", options=_clip_file_list(),
+                io.Combo.Input("clip_name", options=folder_paths.get_filename_list(CLIP_FOLDER),
                                tooltip="open_clip checkpoint in models/open_clip (e.g. OpenAI ViT-B-32)"),
                 io.String.Input("clip_arch", default="ViT-B-32-quickgelu",
                                 tooltip="the open_clip architecture of that file (open_clip.list_models() names)"),
@@ -295,23 +259,17 @@ class SinDiffusionTextGuided(io.ComfyNode):
                                tooltip="how far each step moves toward the prompt (0 = unguided)"),
                 io.Int.Input("width", default=0, min=0, max=MAX_SIZE, tooltip="0 = the training width"),
                 io.Int.Input("height", default=0, min=0, max=MAX_SIZE, tooltip="0 = the training height"),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                seed_input(),
                 io.Int.Input("count", default=4, min=1, max=64),
                 io.Int.Input("steps", default=100, min=1, max=1000),
-                io.Combo.Input("sampler", options=SAMPLER_NAMES, default="ddpm"),
+                sampler_input("ddpm"),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )
 
     @classmethod
     def validate_inputs(cls, sampler=None, clip_name=None):
-        if clip_name is not None:
-            register_clip_folder()
-            try:
-                resolve_model_file(CLIP_FOLDER, clip_name)
-            except FileNotFoundError as e:
-                return str(e)
-        return _check(sampler=sampler)
+        return check_combos(clip_name=clip_name, sampler=sampler)
 
     @classmethod
     def execute(cls, model, clip_name, clip_arch, prompt, scale, width, height, seed, count, steps,
@@ -322,7 +280,6 @@ class SinDiffusionTextGuided(io.ComfyNode):
         if not prompt.strip():
             raise ValueError("SinDiffusion Text Guided: the prompt is empty; describe what the samples should show")
         loaded = _single_image(model, "SinDiffusion Text Guided")
-        register_clip_folder()
         path = resolve_model_file(CLIP_FOLDER, clip_name)
         # The CLIP gradient needs autograd, which ComfyUI's inference_mode turns off.
         with torch.inference_mode(False):
@@ -332,7 +289,7 @@ class SinDiffusionTextGuided(io.ComfyNode):
                 loaded, prompt, clip_model, tokenizer, scale, seed=seed, count=count, width=width or None,
                 height=height or None, steps=steps, sampler=sampler, callback=SamplingProgress(),
             ))
-        return io.NodeOutput(_output(images))
+        return io.NodeOutput(host_images(images))
 
 
 NODES = [SinDiffusionTrain, SinDiffusionSample, SinDiffusionOutpaint, SinDiffusionTextGuided]
