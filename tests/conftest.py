@@ -40,6 +40,14 @@ def comfy_models_dir(comfy_server) -> Path:
     return comfy_server.models_dir
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test on the session's server that is not marked `host` would run in `make test-fast`: refuse the run."""
+    unmarked = [item.nodeid for item in items
+                if "comfy_server" in getattr(item, "fixturenames", ()) and item.get_closest_marker("host") is None]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests `host` (they use the ComfyUI server): {', '.join(unmarked)}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

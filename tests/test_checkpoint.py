@@ -21,10 +21,8 @@ from semantica_core.checkpoint import (
     read_checkpoint_metadata,
     save_checkpoint,
 )
+from semantica_core import diffusion, networks
 from semantica_core.embeds import Embeds
-
-networks = pytest.importorskip("semantica_core.networks", reason="semantica_core.networks is not written yet")
-diffusion = pytest.importorskip("semantica_core.diffusion", reason="semantica_core.diffusion is not written yet")
 
 ENCODER = {"encoder_id": "timm:test:random-0-abc", "token_dim": 12, "pooled_dim": 10, "num_tokens": 4}
 
@@ -133,28 +131,19 @@ def test_bad_files_get_clear_errors(tmp_path, saved):
         save_file(tensors, path, metadata=_metadata(**meta))
         return path
 
-    with pytest.raises(CheckpointError, match="checkpoint not found: .*missing.safetensors"):
-        load_checkpoint(tmp_path / "missing.safetensors")
-
-    truncated = tmp_path / "truncated.safetensors"
-    truncated.write_bytes(good_path.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match="truncated.*re-download or re-export"):
-        load_checkpoint(truncated)
-
-    garbage = tmp_path / "garbage.safetensors"
-    garbage.write_bytes(b"hello, this is not a model file at all")
-    with pytest.raises(CheckpointError, match="not a safetensors file"):
-        load_checkpoint(garbage)
-
-    empty = tmp_path / "empty.safetensors"
-    empty.write_bytes(b"")
-    with pytest.raises(CheckpointError, match="empty or truncated"):
-        load_checkpoint(empty)
-
-    plain = tmp_path / "plain.safetensors"
-    save_file({"w": torch.zeros(1)}, plain)
-    with pytest.raises(CheckpointError, match="not a Semantica checkpoint.*semantica_format"):
-        load_checkpoint(plain)
+    (tmp_path / "truncated.safetensors").write_bytes(good_path.read_bytes()[:-100])
+    (tmp_path / "garbage.safetensors").write_bytes(b"hello, this is not a model file at all")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    save_file({"w": torch.zeros(1)}, tmp_path / "plain.safetensors")
+    for name, match in [
+        ("missing", "checkpoint not found: .*missing.safetensors"),
+        ("truncated", "truncated.*re-download or re-export"),
+        ("garbage", "not a safetensors file"),
+        ("empty", "empty or truncated"),
+        ("plain", "not a Semantica checkpoint.*semantica_format"),
+    ]:
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(tmp_path / f"{name}.safetensors")
 
     cases = [
         (dict(semantica_format="2"), "format version 2 .*update semantica"),
@@ -217,7 +206,6 @@ def _semantica_command():
 
 
 def test_cli_export_init_and_info(tmp_path):
-    pytest.importorskip("semantica_core.presets", reason="semantica_core.presets (network presets) is not written yet")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def run(*args):

@@ -95,6 +95,7 @@ def photo(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # trains (a few steps, in subprocesses): not in `make test-fast`
 def test_a_read_only_folder_stops_each_writing_command(tmp_path, photo):
     from semantica_core.encoders import export_encoder
 
@@ -112,6 +113,7 @@ def test_a_read_only_folder_stops_each_writing_command(tmp_path, photo):
         assert os.listdir(ro) == []
 
 
+@pytest.mark.slow  # trains (a few steps, in subprocesses): not in `make test-fast`
 def test_a_full_disk_during_train_single_keeps_the_last_save(tmp_path, photo):
     from semantica_core.checkpoint import load_checkpoint
     from semantica_core.single_image_train import load_train_state, state_path_for
@@ -131,6 +133,7 @@ def test_a_full_disk_during_train_single_keeps_the_last_save(tmp_path, photo):
         assert load_train_state(state_path_for(out), "cpu").step == 2
 
 
+@pytest.mark.slow  # trains (a few steps, in subprocesses): not in `make test-fast`
 def test_a_full_disk_during_train_pairs_keeps_the_last_checkpoint(tmp_path):
     from semantica_core.checkpoint import load_checkpoint
     from semantica_core.encoders import export_encoder

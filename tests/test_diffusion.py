@@ -371,7 +371,8 @@ def test_denoiser_with_guidance_in_a_sampler():
 
 
 def test_pair_conditioned_unet_follows_the_call_contract():
-    unet = pytest.importorskip("semantica_core.networks.unet")
+    from semantica_core.networks import unet
+
     config = unet.UNetConfig(
         resolution=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
         head_dim=8, token_dim=8, pooled_dim=8,

@@ -75,6 +75,28 @@ def test_nodes_and_core_import_no_training_package_and_only_what_requirements_li
                 assert RUNTIME[name].lower() in requirements, f"requirements.txt lacks {RUNTIME[name]} ({name})"
 
 
+def test_training_imports_only_the_core_and_itself():
+    """What `pip install .` ships is semantica_core and training: training cannot lean on the checkout's tools/
+    (the ComfyUI host), nodes/ or benchmarks/."""
+    for name, files in _imports(REPO_ROOT / "training").items():
+        assert name not in {"tools", "nodes", "benchmarks", "scripts"}, f"{sorted(files)} import {name}"
+
+
+def test_no_sys_path_edits_outside_the_tests():
+    """Modules are imported as installed or from the checkout's root (`python -m`); only ComfyUI's entry point, the
+    root __init__.py, may put the pack folder on the path."""
+    edits = []
+    for top in REPO_ROOT.iterdir():
+        if not top.is_dir() or top.name.startswith(".") or top.name in ("tests", "out"):
+            continue
+        for path in top.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                        and node.value.id == "sys"):
+                    edits.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not edits, f"sys.path used in {edits}"
+
+
 def test_requirements_resolve_without_training_packages(tmp_path):
     """What `pip install -r requirements.txt` would install into a clean venv that has torch (a dry run)."""
     report = tmp_path / "report.json"
