@@ -72,7 +72,6 @@ def test_free_memory_is_known_on_the_cpu():
     assert free is not None and 0 < free < 2**50
 
 
-@pytest.mark.skipif(not DEMO_MODEL.is_file(), reason="the demo model is not in models/demo")
 def test_too_big_a_request_is_refused_before_it_runs(monkeypatch):
     from semantica_core.checkpoint import load_checkpoint
     from semantica_core.pipeline import sample_variations
@@ -129,8 +128,7 @@ print(json.dumps({"measured": peak[0], "estimate": sampling_bytes(model.network,
 """
 
 
-@pytest.mark.skipif(not DEMO_MODEL.is_file() or not sys.platform.startswith("linux"),
-                    reason="needs the demo model and Linux's peak RSS")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's peak RSS")
 def test_estimate_covers_the_measured_peak():
     env = dict(os.environ, SEMANTICA_PRECISION="fp32")  # the estimate is for float32 activations
     result = subprocess.run([sys.executable, "-c", PEAK_PROBE, "256", str(DEMO_MODEL)], cwd=REPO, env=env,
