@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from semantica_core.atomic import write_json_atomic
+from training.options import add_device, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sample k of a model uses seed + k")
     parser.add_argument("--inception", default=None, help="InceptionV3 weights (.safetensors, torchvision layout)")
     parser.add_argument("--lpips", default=None, help="LPIPS-Alex weights (.safetensors)")
-    parser.add_argument("--device", default=None, help="default: cuda when available")
+    add_device(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="samples drawn at once")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
@@ -82,7 +83,7 @@ def run(args) -> int:
         raise ValueError(f"--images needs one image per model: {len(args.models)} models, {len(args.images)} images")
     if args.samples < 2:
         raise ValueError("--samples must be at least 2 (diversity compares pairs)")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     feature_net = sifid_feature_network(args.inception).to(device)
     distance = load_lpips(args.lpips).to(device) if args.lpips else "l1"
     sifid_label = feature_net.label
@@ -139,12 +140,10 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from training.cli import exit_status
+    """`python -m training.eval_single ...` is `semantica eval single ...`."""
+    from training import cli
 
-    parser = argparse.ArgumentParser(prog="semantica eval single", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return exit_status(lambda: run(args))
+    return cli.main(["eval", "single", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
