@@ -140,8 +140,7 @@ def embed_dataset(
     source,
     encoder,
     out_dir: str,
-    shard: int = 0,
-    num_shards: int = 1,
+    shard: int = 0, num_shards: int = 1,  # one slice of the units: several processes embed one source
     batch_size: int = 32,
     device: str = "cpu",
     dtype: str = "float16",
