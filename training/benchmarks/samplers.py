@@ -12,12 +12,6 @@ FAST_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
 STEP_COUNTS = (5, 10, 20, 40)
 
 
-def classifier_features(classifier, images: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        gray = images.mean(1, keepdim=True) if images.shape[1] != 1 else images
-        return classifier.features(gray * 2 - 1).mean((2, 3))  # its 4x4 grid averaged: 64-d
-
-
 def sampler_evaluations(model_path: Path, classifier_path: Path, encoder_path: Path, data_dir: Path,
                         conditions: int = 16, per: int = 4, ddpm_steps: int = 1000, tolerance: float = 0.1,
                         seed: int = 0, samplers=FAST_SAMPLERS, step_counts=STEP_COUNTS) -> dict:
@@ -39,7 +33,7 @@ def sampler_evaluations(model_path: Path, classifier_path: Path, encoder_path: P
     encoder = load_encoder(str(encoder_path))
     cond = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:conditions]]
     embeds = encode(encoder, cond.repeat(1, 3, 1, 1))
-    reference = classifier_features(classifier, images)
+    reference = classifier.feature_vectors(images)
 
     calls = [0]
     hook = model.network.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
@@ -51,7 +45,7 @@ def sampler_evaluations(model_path: Path, classifier_path: Path, encoder_path: P
         out = sample_variations(model, embeds, seed=seed, count=per, steps=steps, guidance=1.0, sampler=sampler,
                                 spacing=spacing)
         seconds = time.perf_counter() - start
-        fd = float(frechet_distance_features(classifier_features(classifier, out), reference))
+        fd = float(frechet_distance_features(classifier.feature_vectors(out), reference))
         return {"steps": steps, "fd": fd, "evaluations": calls[0], "seconds": seconds}
 
     try:
