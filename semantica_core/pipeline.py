@@ -1,8 +1,8 @@
 """What hosts call: sample variations of embeddings, and SDEdit a guide. Images in and out are [B,3,H,W] in [0, 1].
 
-Both functions take any width and height: the network runs on a canvas rounded up to its `required_multiple()` and
-the result is cropped back (SDEdit pads the guide by reflection, so the crop returns exactly the requested pixels).
-Randomness comes only from per-image seeds (`BatchNoise`), so image i is the same alone or in a batch.
+Both functions take any width and height (semantica_core.canvas: the network runs on a canvas rounded up to its
+`required_multiple()` and the result is cropped back; SDEdit pads the guide by reflection, so the crop returns exactly
+the requested pixels). Randomness comes only from per-image seeds, so image i is the same alone or in a batch.
 """
 from __future__ import annotations
 
@@ -10,38 +10,11 @@ from typing import Callable, Optional
 
 import torch
 
+from .canvas import canvas_size, center_crop, model_device, pad_to, sample_canvas, to_unit
 from .checkpoint import SemanticaModel, check_embeds_match
-from .diffusion import BatchNoise, get_sigmas, initial_noise, sample, sdedit
+from .diffusion import BatchNoise, get_sigmas, sdedit
 from .embeds import Embeds
 from .memory import check_sampling_fits
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def canvas_size(model: SemanticaModel, width: int, height: int) -> tuple[int, int]:
-    """The size the network samples at: the request rounded up to the network's multiple (cropped back after)."""
-    if width < 1 or height < 1:
-        raise ValueError(f"width and height must be at least 1 pixel; got {width}x{height}")
-    multiple = model.network.required_multiple()
-    return _round_up(width, multiple), _round_up(height, multiple)
-
-
-def _center_crop(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    top = (x.shape[-2] - height) // 2
-    left = (x.shape[-1] - width) // 2
-    return x[..., top : top + height, left : left + width]
-
-
-def _pad_to(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Reflect-pads (replicate for tiny images) to a larger canvas, centred, so the crop back is exact."""
-    pad_h, pad_w = height - x.shape[-2], width - x.shape[-1]
-    if pad_h == 0 and pad_w == 0:
-        return x
-    pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-    mode = "reflect" if max(pads[0], pads[1]) < x.shape[-1] and max(pads[2], pads[3]) < x.shape[-2] else "replicate"
-    return torch.nn.functional.pad(x, pads, mode=mode)
 
 
 def network_on_any_size(network: torch.nn.Module, x: torch.Tensor, c_noise: torch.Tensor, **condition) -> torch.Tensor:
@@ -51,15 +24,10 @@ def network_on_any_size(network: torch.nn.Module, x: torch.Tensor, c_noise: torc
     rounded-up canvas instead and crop once at the end.
     """
     height, width = x.shape[-2:]
-    multiple = network.required_multiple()
-    canvas_w, canvas_h = _round_up(width, multiple), _round_up(height, multiple)
+    canvas_w, canvas_h = canvas_size(network, width, height)
     if (canvas_w, canvas_h) == (width, height):
         return network(x, c_noise, **condition)
-    return _center_crop(network(_pad_to(x, canvas_w, canvas_h), c_noise, **condition), width, height)
-
-
-def _model_device(model: SemanticaModel) -> torch.device:
-    return next(model.network.parameters()).device
+    return center_crop(network(pad_to(x, canvas_w, canvas_h), c_noise, **condition), width, height)
 
 
 def _denoise_fn(model: SemanticaModel, embeds: Optional[Embeds], guidance: float):
@@ -67,12 +35,6 @@ def _denoise_fn(model: SemanticaModel, embeds: Optional[Embeds], guidance: float
         return model.denoiser(x, sigma, embeds=embeds, guidance_scale=guidance)
 
     return denoise
-
-
-def _check_seed(seed: int, count: int) -> None:
-    # torch generators take seeds up to 2**64 - 1; image i uses seed + i.
-    if seed < 0 or seed + count - 1 > 0xFFFF_FFFF_FFFF_FFFF:
-        raise ValueError(f"seed must be in 0..2**64-1 for all {count} images (seed + i); got {seed}")
 
 
 @torch.no_grad()
@@ -104,24 +66,21 @@ def sample_variations(
                 f"{model.path} does not record the resolution it was trained at: give width and height explicitly"
             )
         width, height = width or model.resolution, height or model.resolution
-    device = device or _model_device(model)
-    canvas_w, canvas_h = canvas_size(model, width, height)
+    device = device or model_device(model)
+    canvas_w, canvas_h = canvas_size(model.network, width, height)
     rows = 1
     if embeds is not None:
         check_embeds_match(model, embeds)
         rows = len(embeds)
         embeds = embeds.select(torch.arange(rows).repeat_interleave(count)).to(device=device, dtype=torch.float32)
-    _check_seed(seed, rows * count)
+    noise = BatchNoise.from_seed(seed, rows * count, device)
     guided = embeds is not None and guidance != 1.0
     check_sampling_fits(
         model.network, rows * count * (2 if guided else 1), canvas_h, canvas_w, device,
         f"{rows * count} image(s) of {width}x{height}{' with guidance' if guided else ''}", model.resolution,
     )
-    noise = BatchNoise([seed + i for i in range(rows * count)], device)
     sigmas = get_sigmas(model.denoiser.schedule, steps, spacing=spacing)
-    x = initial_noise(noise, (model.channels, canvas_h, canvas_w), float(sigmas[0]))
-    x = sample(sampler, _denoise_fn(model, embeds, guidance), x, sigmas, noise=noise, callback=callback)
-    return _center_crop(x, width, height).clamp(-1, 1).add(1).div(2)
+    return sample_canvas(model, _denoise_fn(model, embeds, guidance), noise, width, height, sigmas, sampler, callback)
 
 
 @torch.no_grad()
@@ -152,8 +111,8 @@ def sdedit_images(
     batch, channels, height, width = guide.shape
     if channels != model.channels:
         raise ValueError(f"the guide has {channels} channels but the model makes {model.channels}")
-    device = device or _model_device(model)
-    canvas_w, canvas_h = canvas_size(model, width, height)
+    device = device or model_device(model)
+    canvas_w, canvas_h = canvas_size(model.network, width, height)
     guide01 = guide.to(device=device, dtype=torch.float32)
     padded_mask = None
     if mask is not None:
@@ -163,22 +122,21 @@ def sdedit_images(
                 f"the mask must be [1 or {batch}, 1, {height}, {width}] (the guide's size); got {tuple(mask.shape)}"
             )
         mask = mask.to(device=device, dtype=torch.float32).clamp(0, 1)
-        padded_mask = _pad_to(mask, canvas_w, canvas_h)
+        padded_mask = pad_to(mask, canvas_w, canvas_h)
     if embeds is not None:
         check_embeds_match(model, embeds)
         if len(embeds) not in (1, batch):
             raise ValueError(f"give one embedding for all {batch} guide images or one per image; got {len(embeds)}")
         embeds = embeds.repeat_to(batch).to(device=device, dtype=torch.float32)
-    _check_seed(seed, batch)
+    noise = BatchNoise.from_seed(seed, batch, device)
     guided = embeds is not None and guidance != 1.0
     check_sampling_fits(
         model.network, batch * (2 if guided else 1), canvas_h, canvas_w, device,
         f"SDEdit of {batch} image(s) of {width}x{height}{' with guidance' if guided else ''}", model.resolution,
     )
-    noise = BatchNoise([seed + i for i in range(batch)], device)
     out = sdedit(
         _denoise_fn(model, embeds, guidance),
-        _pad_to(guide01 * 2 - 1, canvas_w, canvas_h),
+        pad_to(guide01 * 2 - 1, canvas_w, canvas_h),
         model.denoiser.schedule,
         t0=t0,
         steps=steps,
@@ -189,6 +147,6 @@ def sdedit_images(
         callback=callback,
         spacing=spacing,
     )
-    out = _center_crop(out, width, height).clamp(-1, 1).add(1).div(2)
+    out = to_unit(center_crop(out, width, height))
     # Paste in [0, 1] so the kept region is bit-exact (a [-1, 1] round trip is not).
     return out if mask is None else torch.lerp(guide01, out, mask.expand_as(out))

@@ -10,8 +10,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .canvas import canvas_size, model_device, round_up, sample_canvas, to_unit
 from .checkpoint import SemanticaModel
-from .diffusion import BatchNoise, get_sigmas, sample, sdedit
+from .diffusion import BatchNoise, get_sigmas, sdedit
 from .memory import check_sampling_fits
 
 
@@ -56,10 +57,6 @@ def clipped_denoiser(model: SemanticaModel) -> Callable:
     return denoise
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def sample_with(
     model: SemanticaModel,
     denoise: Callable,
@@ -80,20 +77,14 @@ def sample_with(
     _check_single_image(model)
     if count < 1:
         raise ValueError(f"count must be at least 1; got {count}")
-    device = next(model.network.parameters()).device
+    device = model_device(model)
     default_w, default_h = training_size(model)
     width, height = int(width or default_w), int(height or default_h)
-    multiple = model.network.required_multiple()
-    canvas_w, canvas_h = _round_up(width, multiple), _round_up(height, multiple)
+    canvas_w, canvas_h = canvas_size(model.network, width, height)
+    noise = BatchNoise.from_seed(seed, count, device)
     check_sampling_fits(model.network, count, canvas_h, canvas_w, device, f"{count} image(s) of {width}x{height}")
-    noise = BatchNoise([seed + i for i in range(count)], device)
     sigmas = get_sigmas(model.denoiser.schedule, steps or ddpm_steps(model), spacing or default_spacing(sampler))
-    sigmas = sigmas.to(device)
-    x = noise.randn((model.channels, canvas_h, canvas_w)) * sigmas[0]
-    with torch.no_grad():
-        x = sample(sampler, denoise, x, sigmas, noise=noise, callback=callback)
-    top, left = (canvas_h - height) // 2, (canvas_w - width) // 2
-    return x[..., top : top + height, left : left + width].clamp(-1, 1).add(1).div(2)
+    return sample_canvas(model, denoise, noise, width, height, sigmas, sampler, callback)
 
 
 def sample_single_image(
@@ -152,20 +143,21 @@ def outpaint(
     _check_single_image(model)
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"outpaint needs images [B,3,H,W] in [0, 1]; got shape {tuple(image.shape)}")
-    device = next(model.network.parameters()).device
+    device = model_device(model)
     image = image.to(device=device, dtype=torch.float32)
     batch, _, height, width = image.shape
+    noise = BatchNoise.from_seed(seed, batch, device)
     # Grow the canvas to the network's multiple on the right and bottom; cropped off again below.
     multiple = model.network.required_multiple()
-    extra_w = _round_up(width + left + right, multiple) - (width + left + right)
-    extra_h = _round_up(height + top + bottom, multiple) - (height + top + bottom)
+    extra_w = round_up(width + left + right, multiple) - (width + left + right)
+    extra_h = round_up(height + top + bottom, multiple) - (height + top + bottom)
     guide, mask = outpaint_canvas(image, left, right + extra_w, top, bottom + extra_h)
     check_sampling_fits(model.network, batch, guide.shape[-2], guide.shape[-1], device,
                         f"outpainting {batch} image(s) to {guide.shape[-1] - extra_w}x{guide.shape[-2] - extra_h}")
     out = sdedit(
         clipped_denoiser(model), guide * 2 - 1, model.denoiser.schedule, t0=1.0, steps=steps, mask=mask,
-        sampler=sampler, noise=BatchNoise([seed + i for i in range(batch)], device), callback=callback,
+        sampler=sampler, noise=noise, callback=callback,
     )
-    out = out[..., : out.shape[-2] - extra_h, : out.shape[-1] - extra_w].clamp(-1, 1).add(1).div(2)
+    out = to_unit(out[..., : out.shape[-2] - extra_h, : out.shape[-1] - extra_w])
     out[:, :, top : top + height, left : left + width] = image  # exact by construction, not by arithmetic
     return out

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from .canvas import model_device
 from .checkpoint import SemanticaModel
 from .single_image import clipped_denoiser, sample_with
 
@@ -103,7 +104,7 @@ def sample_text_guided(
     0 gives exactly `sample_single_image`'s samples of the same seeds and sampler. Ancestral samplers (the default
     ddpm, 50 steps; steps None = all T) let fresh noise smooth each nudge; deterministic ones work too.
     """
-    scorer = ClipScorer(clip_model, tokenizer, prompt, next(model.network.parameters()).device)
+    scorer = ClipScorer(clip_model, tokenizer, prompt, model_device(model))
     return sample_with(
         model, clip_guided_denoiser(clipped_denoiser(model), scorer, scale), seed=seed, count=count, width=width,
         height=height, steps=steps, sampler=sampler, spacing=spacing, callback=callback,

@@ -23,8 +23,13 @@ class BatchNoise:
 
     @classmethod
     def from_seed(cls, seed: int, count: int, device: torch.device | str = "cpu") -> "BatchNoise":
-        """A variation batch of `count` images from one seed uses seeds seed, seed+1, ..., seed+count-1."""
-        return cls([int(seed) + i for i in range(int(count))], device)
+        """The streams of a request of `count` images from one seed: image i uses seed + i, so each image can be
+        made again alone. Every sampling entry point draws its noise here."""
+        seed, count = int(seed), int(count)
+        # torch generators take seeds up to 2**64 - 1
+        if seed < 0 or seed + count - 1 > 0xFFFF_FFFF_FFFF_FFFF:
+            raise ValueError(f"seed must be in 0..2**64-1 for all {count} images (seed + i); got {seed}")
+        return cls([seed + i for i in range(count)], device)
 
     def __len__(self) -> int:
         return len(self.generators)
