@@ -1,4 +1,4 @@
-"""Named network configurations. (Diffusion defaults per preset live with the training code.)
+"""Model presets: named network configurations and the diffusion config each is trained with.
 
 Pair-conditioned (`PairConditionedUNet`, kind "pair_conditioned"):
   tiny     32 px, base 32, mult (1,2,2), 1 res block, attention at 16 and 8 px; ~1.9M parameters, CPU.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+from .diffusion import DiffusionConfig, ScheduleConfig
 from .networks import PatchUNetConfig, UNetConfig
 
 # name -> (network kind, config fields). Pair-conditioned presets get token_dim / pooled_dim from the encoder.
@@ -69,3 +70,30 @@ def network_preset(
         token_dim=DEFAULT_TOKEN_DIM if token_dim is None else int(token_dim),
         pooled_dim=DEFAULT_POOLED_DIM if pooled_dim is None else int(pooled_dim),
     )
+
+
+# Pair-conditioned preset -> (schedule kind, prediction). v prediction keeps the target's scale even at the noisiest
+# levels; at 256 px the cosine schedule is shifted towards more noise ("simple diffusion"), relative to 64 px.
+# (The single-image presets' diffusion is SinDiffusion's: semantica_core.single_image_train.)
+DIFFUSION_DEFAULTS = {
+    "tiny": ("vp_cosine", "v"),
+    "base64": ("vp_cosine", "v"),
+    "base256": ("vp_shifted_cosine", "v"),
+}
+
+
+def default_diffusion_config(preset: str, resolution: Optional[int] = None) -> DiffusionConfig:
+    """The diffusion config a pair-conditioned preset is trained with; `resolution` feeds the shifted schedule.
+
+    A preset without an entry gets the rule behind the table: v prediction, cosine up to 64 px, shifted above."""
+    if preset in DIFFUSION_DEFAULTS:
+        kind, prediction = DIFFUSION_DEFAULTS[preset]
+    elif resolution is not None:
+        kind, prediction = ("vp_cosine" if resolution <= 64 else "vp_shifted_cosine"), "v"
+    else:
+        raise ValueError(
+            f"no diffusion defaults for preset {preset!r} and no resolution given; known presets: "
+            f"{', '.join(DIFFUSION_DEFAULTS)}"
+        )
+    schedule = ScheduleConfig(kind=kind, shift_base_resolution=64, resolution=resolution or 64)
+    return DiffusionConfig(schedule=schedule, prediction=prediction)

@@ -28,9 +28,9 @@ def _one_error_line(text: str, *fragments: str) -> str:
 @pytest.mark.parametrize("argv", [
     ["encoder", "info", "{missing}"],
     ["checkpoint", "info", "{missing}"],
-    ["init", "--encoder", "{missing}", "--preset", "tiny", "--out", "{tmp}/model.safetensors"],
-    ["train", "single", "{missing}.png", "--out", "{tmp}/model.safetensors"],
-    ["train", "pairs", "--data", "{missing}", "--encoder", "{missing}", "--output-dir", "{tmp}/run"],
+    ["init", "--encoder", "{missing}", "--preset", "tiny", "--output", "{tmp}/model.safetensors"],
+    ["train", "single", "{missing}.png", "--output", "{tmp}/model.safetensors"],
+    ["train", "pairs", "--data", "{missing}", "--encoder", "{missing}", "--output", "{tmp}/run"],
     ["embed", "--data", "{missing}", "--encoder", "{missing}", "--output", "{tmp}/cache"],
     ["eval", "single", "{missing}"],
     ["eval", "variations", "--model", "{missing}", "--encoder", "{missing}", "--data", "{missing}"],
@@ -102,11 +102,11 @@ def test_a_read_only_folder_stops_each_writing_command(tmp_path, photo):
     encoder = tmp_path / "encoder.safetensors"
     export_encoder("resnet10t", encoder, random=True, image_size=64)
     with tmpfs(tmp_path / "ro", "1m", readonly=True) as ro:
-        for args in (["init", "--encoder", encoder, "--preset", "tiny", "--out", ro / "model.safetensors"],
-                     ["encoder", "export", "resnet10t", "--random", "--out", ro / "encoder.safetensors"],
-                     ["train", "single", photo, "--out", ro / "model.safetensors", "--preset", "sindiffusion_tiny",
+        for args in (["init", "--encoder", encoder, "--preset", "tiny", "--output", ro / "model.safetensors"],
+                     ["encoder", "export", "resnet10t", "--random", "--output", ro / "encoder.safetensors"],
+                     ["train", "single", photo, "--output", ro / "model.safetensors", "--preset", "sindiffusion_tiny",
                       "--max-steps", "1", "--device", "cpu"],
-                     ["train", "pairs", "--data", photo.parent, "--encoder", encoder, "--output-dir", ro / "run"]):
+                     ["train", "pairs", "--data", photo.parent, "--encoder", encoder, "--output", ro / "run"]):
             result = cli(*args)
             assert result.returncode == 2, (args, result.stderr[-2000:])
             _one_error_line(result.stderr, "Read-only file system", str(ro), "choose a folder you can write to")
@@ -121,10 +121,10 @@ def test_a_full_disk_during_train_single_keeps_the_last_save(tmp_path, photo):
     with tmpfs(tmp_path / "disk", "24m") as disk:
         out = disk / "model.safetensors"
         common = ["--preset", "sindiffusion_tiny", "--size", "32", "--batch-size", "2", "--device", "cpu"]
-        result = cli("train", "single", photo, "--out", out, "--max-steps", "2", *common)
+        result = cli("train", "single", photo, "--output", out, "--max-steps", "2", *common)
         assert result.returncode == 0, result.stderr[-2000:]
         fill(disk)
-        result = cli("train", "single", photo, "--out", out, "--max-steps", "4", "--resume", *common)
+        result = cli("train", "single", photo, "--output", out, "--max-steps", "4", "--resume", *common)
         assert result.returncode == 2, result.stderr[-2000:]
         line = _one_error_line(result.stderr, "No space left on device", str(disk), "free some space")
         print(line)
@@ -137,7 +137,7 @@ def test_a_full_disk_during_train_single_keeps_the_last_save(tmp_path, photo):
 def test_a_full_disk_during_train_pairs_keeps_the_last_checkpoint(tmp_path):
     from semantica_core.checkpoint import load_checkpoint
     from semantica_core.encoders import export_encoder
-    from training import train_pairs
+    from training import run_dir
     from training.data.example_pages import write_example_pages
 
     write_example_pages(str(tmp_path / "pages"), num_pages=6, size=64, with_bad_files=False)
@@ -145,7 +145,7 @@ def test_a_full_disk_during_train_pairs_keeps_the_last_checkpoint(tmp_path):
     with tmpfs(tmp_path / "disk", "96m") as disk:
         out = disk / "run"
         args = ["train", "pairs", "--data", tmp_path / "pages", "--encoder", tmp_path / "encoder.safetensors",
-                "--output-dir", out, "--batch-size", "2", "--num-workers", "0", "--sample-every", "0",
+                "--output", out, "--batch-size", "2", "--num-workers", "0", "--sample-every", "0",
                 "--checkpoint-every", "2"]
         result = cli(*args, "--max-steps", "2")
         assert result.returncode == 0, result.stderr[-2000:]
@@ -154,8 +154,8 @@ def test_a_full_disk_during_train_pairs_keeps_the_last_checkpoint(tmp_path):
         assert result.returncode == 2, result.stderr[-2000:]
         line = _one_error_line(result.stderr, "No space left on device", "free some space")
         print(line)
-        assert [step for step, _ in train_pairs.checkpoint_dirs(str(out))] == [2]
-        train_pairs.check_checkpoint(str(out / "checkpoints" / "step-00000002"))
+        assert [step for step, _ in run_dir.checkpoint_dirs(str(out))] == [2]
+        run_dir.check_checkpoint(str(out / "checkpoints" / "step-00000002"))
         assert not [n for n in os.listdir(out / "checkpoints") if n.startswith(".tmp")]
         assert load_checkpoint(out / "model.safetensors").training_info["steps"] == 2
         os.unlink(disk / "filler")  # space again: the run resumes from that checkpoint
@@ -165,7 +165,7 @@ def test_a_full_disk_during_train_pairs_keeps_the_last_checkpoint(tmp_path):
 
 def test_train_single_resume_refuses_a_contradicting_flag_unless_override(tmp_path, photo, capsys):
     out = tmp_path / "model.safetensors"
-    common = ["train", "single", str(photo), "--out", str(out), "--preset", "sindiffusion_tiny", "--size", "32",
+    common = ["train", "single", str(photo), "--output", str(out), "--preset", "sindiffusion_tiny", "--size", "32",
               "--batch-size", "2", "--device", "cpu"]
     assert main(common + ["--max-steps", "1"]) == 0
     assert main(common + ["--max-steps", "2", "--resume", "--lr", "0.01"]) == 2

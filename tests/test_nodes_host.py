@@ -101,7 +101,7 @@ class ModelFiles:
         from semantica_core.encoders import read_encoder_spec
         from semantica_core.networks import build_network
         from semantica_core.presets import network_preset
-        from training.presets import default_diffusion_config
+        from semantica_core.presets import default_diffusion_config
 
         spec = read_encoder_spec(self.ensure(*encoder))
         config = network_preset("tiny", spec.token_dim, spec.pooled_dim)

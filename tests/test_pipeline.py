@@ -36,7 +36,7 @@ def randomize_zero_init(network: torch.nn.Module, std: float = 0.05) -> torch.nn
 
 
 def write_pair_model(path, seed: int = 0, encoder_id: str = ENCODER_ID):
-    from training.presets import default_diffusion_config
+    from semantica_core.presets import default_diffusion_config
 
     config = network_preset("tiny", TOKEN_DIM, POOLED_DIM)
     with torch.random.fork_rng(devices=[]):

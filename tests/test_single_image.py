@@ -84,12 +84,12 @@ def test_cli_resume_continues_the_same_run(photo_file, tmp_path):
 
     common = ["--preset", "sindiffusion_tiny", "--size", "16", "--batch-size", "2", "--seed", "3", "--device", "cpu"]
     straight, split = tmp_path / "straight.safetensors", tmp_path / "split.safetensors"
-    assert main([str(photo_file), "--out", str(straight), "--max-steps", "6", *common]) == 0
-    assert main([str(photo_file), "--out", str(split), "--max-steps", "3", *common]) == 0
+    assert main([str(photo_file), "--output", str(straight), "--max-steps", "6", *common]) == 0
+    assert main([str(photo_file), "--output", str(split), "--max-steps", "3", *common]) == 0
     assert state_path_for(split).is_file()
     # a second run without --resume must not silently discard the state
-    assert main([str(photo_file), "--out", str(split), "--max-steps", "6", *common]) == 2
-    assert main([str(photo_file), "--out", str(split), "--max-steps", "6", "--resume", "--device", "cpu"]) == 0
+    assert main([str(photo_file), "--output", str(split), "--max-steps", "6", *common]) == 2
+    assert main([str(photo_file), "--output", str(split), "--max-steps", "6", "--resume", "--device", "cpu"]) == 0
     a, b = load_checkpoint(straight), load_checkpoint(split)
     for (name, p), q in zip(a.network.state_dict().items(), b.network.state_dict().values()):
         assert torch.equal(p, q), name

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     parser.add_argument("--num-shards", type=int, default=None, help="number of shards (default: WORLD_SIZE or 1)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2, help="image decoding worker processes")
-    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
+    parser.add_argument("--device", default=None, help="auto (default: cuda:LOCAL_RANK when available, else cpu), "
+                        "cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                         help="storage dtype of the embeddings")
     parser.add_argument("--min-image-size", type=int, default=32, help="skip images with a shorter side below this")
@@ -32,12 +33,14 @@ def run(args) -> int:
 
     from semantica_core.encoders import load_encoder
     from training.data import embed_dataset, open_source
+    from training.options import resolve_device
 
     shard = args.shard if args.shard is not None else int(os.environ.get("RANK", 0))
     num_shards = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
     device = args.device
-    if device is None:
+    if device in (None, "auto"):  # one process per GPU under torchrun / accelerate launch
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     source = open_source(args.data, args.data_format, args.tar_page_from)
     encoder = load_encoder(args.encoder, device=device)
     embed_dataset(

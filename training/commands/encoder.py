@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from training.options import add_output, require_output
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("encoder", help="export or inspect frozen image encoder files")
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
     )
     export.add_argument("name", help="efficientnet-lite0, a timm or open_clip architecture (prefix timm: / open_clip: "
                         "to choose), or local-dir:/dir")
-    export.add_argument("--out", required=True, help="output .safetensors file")
+    add_output(export, "the encoder file (.safetensors)")
     export.add_argument("--random", action="store_true", help="random weights (for tests and pipelines)")
     export.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     export.add_argument("--weights", help="local safetensors file with the architecture's weights")
@@ -32,11 +34,12 @@ def register(subparsers) -> None:
 def run_export(args) -> None:
     from semantica_core.encoders import export_encoder
 
+    output = require_output(args)
     encoder = export_encoder(
-        args.name, args.out, random=args.random, seed=args.seed, weights=args.weights, image_size=args.image_size
+        args.name, output, random=args.random, seed=args.seed, weights=args.weights, image_size=args.image_size
     )
     print(
-        f"wrote {args.out}: {encoder.encoder_id}, tokens {encoder.num_tokens} x {encoder.token_dim}, "
+        f"wrote {output}: {encoder.encoder_id}, tokens {encoder.num_tokens} x {encoder.token_dim}, "
         f"pooled {encoder.pooled_dim}, input {encoder.image_size} px"
     )
 

@@ -1,12 +1,14 @@
 """`semantica init`: an untrained pair-conditioned checkpoint whose condition dims match an encoder file."""
 from __future__ import annotations
 
+from training.options import add_output, require_output
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("init", help="create an untrained pair-conditioned checkpoint for an encoder")
     parser.add_argument("--encoder", required=True, help="encoder file (from `semantica encoder export`)")
     parser.add_argument("--preset", required=True, help="network preset (e.g. tiny, base64, base256)")
-    parser.add_argument("--out", required=True, help="output checkpoint .safetensors")
+    add_output(parser, "the checkpoint (.safetensors)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default 0)")
     parser.set_defaults(func=run)
 
@@ -18,7 +20,7 @@ def run(args) -> None:
     from semantica_core.encoders import read_encoder_spec
     from semantica_core.networks import build_network
     from semantica_core.presets import network_preset
-    from training.presets import default_diffusion_config
+    from semantica_core.presets import default_diffusion_config
 
     spec = read_encoder_spec(args.encoder)
     network_config = network_preset(args.preset, token_dim=spec.token_dim, pooled_dim=spec.pooled_dim)
@@ -28,7 +30,7 @@ def run(args) -> None:
         torch.manual_seed(args.seed)
         network = build_network("pair_conditioned", network_config)
     save_checkpoint(
-        args.out,
+        require_output(args),
         kind="pair_conditioned",
         network_config=network_config,
         diffusion_config=diffusion_config,
@@ -37,4 +39,4 @@ def run(args) -> None:
         training_info={"step": 0, "seed": args.seed, "preset": args.preset, "encoder_source": spec.source},
     )
     params = sum(p.numel() for p in network.parameters())
-    print(f"wrote {args.out}: untrained {args.preset} ({params / 1e6:.1f}M parameters) for encoder {spec.encoder_id}")
+    print(f"wrote {args.output}: untrained {args.preset} ({params / 1e6:.1f}M parameters) for encoder {spec.encoder_id}")
