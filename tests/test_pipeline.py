@@ -2,11 +2,12 @@
 import pytest
 import torch
 
+from semantica_core.canvas import canvas_size
 from semantica_core.checkpoint import EncoderMismatchError, load_checkpoint, save_checkpoint
 from semantica_core.diffusion import DiffusionConfig, ScheduleConfig
 from semantica_core.embeds import Embeds
 from semantica_core.networks import PatchUNetConfig, build_network
-from semantica_core.pipeline import canvas_size, sample_variations, sdedit_images
+from semantica_core.pipeline import sample_variations, sdedit_images
 from semantica_core.presets import network_preset
 
 ENCODER_ID = "test:tiny-encoder:1"
@@ -114,7 +115,7 @@ def test_sdedit_is_the_same_alone_and_in_a_batch_of_8(model):
 def test_any_size_is_padded_to_the_multiple_and_cropped_back(model, width, height):
     multiple = model.network.required_multiple()
     assert multiple == 4
-    canvas = canvas_size(model, width, height)
+    canvas = canvas_size(model.network, width, height)
     assert canvas[0] % multiple == 0 and canvas[1] % multiple == 0 and canvas[0] - width < multiple
     out = sample_variations(model, embeds(1), seed=0, count=2, steps=2, width=width, height=height)
     assert out.shape == (2, 3, height, width)
@@ -172,7 +173,7 @@ def test_bad_masks_and_sizes_get_clear_errors(model):
     with pytest.raises(ValueError, match=r"mask must be \[1 or 2, 1, 32, 32\]"):
         sdedit_images(model, guide, seed=0, t0=0.5, steps=1, mask=torch.ones(1, 1, 16, 16))
     with pytest.raises(ValueError, match="at least 1 pixel"):
-        canvas_size(model, 0, 5)
+        canvas_size(model.network, 0, 5)
     with pytest.raises(ValueError, match="count must be at least 1"):
         sample_variations(model, embeds(1), seed=0, count=0, steps=1)
 
