@@ -57,7 +57,8 @@ def photo_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(trained model, untrained model, training image [1,3,h,w] in [0, 1]): the same seed, 0 and 200 steps."""
+    """(trained model, untrained model, training image [1,3,h,w] in [0, 1]): the same seed, 0 and 200 steps.
+    Training that long takes minutes on a busy CPU: the tests that use it are marked slow (not in `make test-fast`)."""
     folder = tmp_path_factory.mktemp("single")
     config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", max_side=TRAIN_SIDE, batch_size=8, lr=1e-3)
     state = init_train_state(_as_tensor(_chelsea()), config, "cpu")
@@ -101,6 +102,7 @@ def test_cli_resume_continues_the_same_run(photo_file, tmp_path):
     assert training["source_image"] == str(photo_file.resolve())
 
 
+@pytest.mark.slow
 def test_receptive_field_is_reported(trained):
     model, _, _ = trained
     tiny = PatchUNet(PatchUNetConfig.from_dict(PRESETS["sindiffusion_tiny"]["network"]))
@@ -111,6 +113,7 @@ def test_receptive_field_is_reported(trained):
 # --- what training achieves ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_moves_samples_toward_the_photos_patch_statistics(trained):
     model, untrained, real = trained
     features = RandomConvFeatures()
@@ -127,6 +130,7 @@ def test_training_moves_samples_toward_the_photos_patch_statistics(trained):
     assert to_photo.min() > 0.03
 
 
+@pytest.mark.slow
 def test_samples_at_twice_the_width(trained):
     model, _, real = trained
     height, width = real.shape[-2:]
@@ -140,6 +144,7 @@ def test_samples_at_twice_the_width(trained):
     assert torch.allclose(alone[0], wide[1], atol=4 * torch.finfo(torch.bfloat16).eps if bf16 else 1e-5)
 
 
+@pytest.mark.slow
 def test_outpaint_keeps_the_known_region_exactly(trained):
     model, _, real = trained
     out = outpaint(model, real, left=6, right=13, top=5, bottom=2, seed=4, steps=20, sampler="ddpm")
@@ -152,6 +157,7 @@ def test_outpaint_keeps_the_known_region_exactly(trained):
         outpaint(model, real, left=-1, seed=0)
 
 
+@pytest.mark.slow
 def test_harmonization_through_sdedit_images(trained):
     from semantica_core.pipeline import sdedit_images
 
@@ -184,6 +190,7 @@ def tiny_clip():
     return model.eval(), open_clip.get_tokenizer("ViT-B-32")
 
 
+@pytest.mark.slow
 def test_text_guidance_moves_clip_similarity_toward_the_prompt(trained):
     from semantica_core.text_guidance import ClipScorer, sample_text_guided
 
@@ -267,6 +274,7 @@ def test_lpips_weights_in_the_lpips_package_layout(tmp_path):
 # --- evaluation CLI ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_single_reports_median_and_spread(trained, photo_file, tmp_path):
     from training.eval_single import main
 
