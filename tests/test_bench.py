@@ -82,3 +82,26 @@ def test_node_overhead_times_both_sides_on_a_real_server():
     rows = bench_node_overhead.rows(result)
     assert [row[0] for row in rows] == ["node vs direct call, wall-clock (s/variation)",
                                         "node vs direct call, CPU time (s/variation)"]
+
+
+@pytest.mark.slow
+def test_single_image_benchmarks_return_their_rows(tmp_path):
+    import torch
+
+    from semantica_core.checkpoint import load_checkpoint
+    from semantica_core.metrics.sifid import sifid_feature_network
+    from semantica_core.single_image_train import (SingleImageTrainConfig, init_train_state,
+                                                   save_single_image_checkpoint)
+    from training.benchmarks import single
+
+    training = single.bench_training("sindiffusion_tiny", torch.device("cpu"), steps=1)
+    assert training["seconds_per_step"] > 0 and training["extrapolated"] and training["batch"] > 0
+
+    config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", max_side=16, batch_size=2)
+    state = init_train_state(torch.rand(1, 3, 12, 16), config, "cpu")
+    model = load_checkpoint(save_single_image_checkpoint(tmp_path / "m.safetensors", state))
+    result = single.bench_sampler(model, state.image.add(1).div(2), sifid_feature_network(None), samples=2,
+                                  batch=2, samplers=("euler", "heun"), step_counts=(2, 3))
+    assert [(r["sampler"], r["steps"], r["evaluations"]) for r in result["rows"]] == [
+        ("ddpm", 1000, 1000), ("euler", 2, 2), ("euler", 3, 3), ("heun", 2, 3), ("heun", 3, 5)]
+    assert set(result["converged"]) == {"euler", "heun"} and result["size"] == [16, 12]

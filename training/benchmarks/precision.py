@@ -225,9 +225,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.curve:
         if args.image:
-            from training.train_single import load_image
+            from semantica_core.image_files import load_image_file
 
-            image = load_image(args.image)
+            image = load_image_file(args.image)[None]
         else:
             import skimage.data
 

@@ -65,29 +65,33 @@ def pooled_features(feature_net, images):
     return torch.cat(spatial_features(feature_net, images))
 
 
-def bench_sampler(args, model, real, feature_net) -> dict:
+def bench_sampler(model, real, feature_net, samples: int = 12, batch: int = 12,
+                  samplers=("dpmpp_2m", "euler_ancestral"), step_counts=(5, 10, 15, 20, 30, 50, 100),
+                  tolerance: float = 0.1) -> dict:
+    """The DDPM-1000 reference, its noise floor, and each sampler at each step count against it (see the module
+    docstring): {"rows": [...], "match": fewest evaluations that match or None, "converged": {sampler: ...}}."""
     height, width = real.shape[-2:]
     t0 = time.perf_counter()
-    reference = sample_set(model, 0, args.samples, None, "ddpm", width, height, args.batch)
+    reference = sample_set(model, 0, samples, None, "ddpm", width, height, batch)
     ddpm_seconds = time.perf_counter() - t0
-    second = sample_set(model, 10_000, args.samples, None, "ddpm", width, height, args.batch)
+    second = sample_set(model, 10_000, samples, None, "ddpm", width, height, batch)
     ref_features = pooled_features(feature_net, reference)
     floor = float(frechet_distance_features(ref_features, pooled_features(feature_net, second)))
     ref_sifid = float(sifid(feature_net, real, reference).median())
     rows = [{"sampler": "ddpm", "steps": 1000, "evaluations": 1000, "sifid_median": ref_sifid,
              "fd_to_ddpm": floor, "seconds": ddpm_seconds}]
     print(f"ddpm 1000 steps: median SIFID {ref_sifid:.4f}; FD between two DDPM sets (noise floor) {floor:.4f}; "
-          f"{ddpm_seconds:.1f} s for {args.samples} samples")
+          f"{ddpm_seconds:.1f} s for {samples} samples")
     match, converged = None, {}
-    for sampler in args.samplers:
-        for steps in sorted(args.steps):
+    for sampler in samplers:
+        for steps in sorted(step_counts):
             t0 = time.perf_counter()
-            images = sample_set(model, 20_000, args.samples, steps, sampler, width, height, args.batch)
+            images = sample_set(model, 20_000, samples, steps, sampler, width, height, batch)
             seconds = time.perf_counter() - t0
             median = float(sifid(feature_net, real, images).median())
             fd = float(frechet_distance_features(ref_features, pooled_features(feature_net, images)))
             nfe = model_evaluations(sampler, steps)
-            ok = median <= ref_sifid * (1 + args.tolerance) and fd <= floor * (1 + args.tolerance)
+            ok = median <= ref_sifid * (1 + tolerance) and fd <= floor * (1 + tolerance)
             rows.append({"sampler": sampler, "steps": steps, "evaluations": nfe, "sifid_median": median,
                          "fd_to_ddpm": fd, "seconds": seconds, "matches": ok})
             print(f"{sampler:>15} {steps:4d} steps ({nfe:4d} evaluations): median SIFID {median:.4f}, "
@@ -96,7 +100,7 @@ def bench_sampler(args, model, real, feature_net) -> dict:
                 match = {"sampler": sampler, "steps": steps, "evaluations": nfe, "ratio": 1000 / nfe}
         own = [r for r in rows if r["sampler"] == sampler]
         final = own[-1]["fd_to_ddpm"]
-        first = next(r for r in own if r["fd_to_ddpm"] <= final * (1 + args.tolerance))
+        first = next(r for r in own if r["fd_to_ddpm"] <= final * (1 + tolerance))
         converged[sampler] = {"steps": first["steps"], "evaluations": first["evaluations"],
                               "ratio": 1000 / first["evaluations"], "fd_to_ddpm": first["fd_to_ddpm"],
                               "fd_over_floor": first["fd_to_ddpm"] / floor, "sifid_median": first["sifid_median"]}
@@ -109,9 +113,9 @@ def bench_sampler(args, model, real, feature_net) -> dict:
               f"({match['ratio']:.0f}x fewer)")
     else:
         print("no fast setting matched DDPM-1000 within the tolerance")
-    return {"rows": rows, "match": match, "converged": converged, "tolerance": args.tolerance,
+    return {"rows": rows, "match": match, "converged": converged, "tolerance": tolerance,
             "features": feature_net.label,
-            "samples": args.samples, "size": [int(width), int(height)]}
+            "samples": samples, "size": [int(width), int(height)]}
 
 
 def bench_training(preset: str, device: torch.device, steps: int) -> dict:
@@ -177,14 +181,15 @@ def main(argv=None) -> int:
 
         width, height = training_size(model)
         if args.image:
-            from training.train_single import load_image
+            from semantica_core.image_files import load_image_file
 
-            source = load_image(args.image)
+            source = load_image_file(args.image)[None]
         else:
             source = chelsea()
         real = resize(source, width, height)
         feature_net = sifid_feature_network(args.inception).to(device)
-        results["sampler"] = bench_sampler(args, model, real, feature_net)
+        results["sampler"] = bench_sampler(model, real, feature_net, args.samples, args.batch, args.samplers,
+                                           args.steps, args.tolerance)
     if not args.skip_training:
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
         results["training"] = [
