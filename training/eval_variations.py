@@ -373,12 +373,17 @@ def format_table(result: dict, names: Optional[dict] = None) -> str:
     width = max(16, *(len(h) for h in headers))
     label_width = max(len(label) for _, label, _ in ROWS)
 
-    def cell(mean, spread, fmt):
-        return "-" if mean is None else f"{fmt.format(mean)} ± {fmt.format(spread)}"
-
     seeds = result.get("seeds", [])
-    lines = [f"mean ± standard deviation over seeds {seeds}; {result.get('settings', {}).get('conditions')} "
-             f"conditions x {result.get('settings', {}).get('per_condition')} variations per seed",
+
+    def cell(mean, spread, fmt):
+        if mean is None:
+            return "-"
+        return f"{fmt.format(mean)} ± {fmt.format(spread)}" if len(seeds) > 1 else fmt.format(mean)
+
+    settings = result.get("settings", {})
+    spread_note = f"mean ± standard deviation over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds}"
+    lines = [f"{spread_note}; {settings.get('conditions')} conditions x {settings.get('per_condition')} variations"
+             + (" per seed" if len(seeds) > 1 else ""),
              " " * label_width + "  " + "  ".join(h.rjust(width) for h in headers)]
     for key, label, fmt in ROWS:
         values = [(result["models"][p]["mean"].get(key), result["models"][p]["spread"].get(key)) for p in paths]
