@@ -37,16 +37,16 @@ SINGLE_STEPS ?= 3500
 demo-models: setup
 	$(PYTHON) -m training.demo_data --out out/demo-data --photo-out $(DEMO_WORK)/rocket.png \
 		--classifier-out models/eval/mnist-classifier.safetensors
-	$(PYTHON) -m training.cli encoder export efficientnet-lite0 --out $(DEMO_WORK)/efficientnet-lite0.safetensors
+	$(PYTHON) -m training.cli encoder export efficientnet-lite0 --output $(DEMO_WORK)/efficientnet-lite0.safetensors
 	$(PYTHON) -m training.cli embed --data out/demo-data/train --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
 		--output $(DEMO_WORK)/cache --num-workers 0 --batch-size 50
 	# 4,000 steps (the config), then continued to 8,000: --resume with a later end stretches the cosine schedule.
 	for pairing in pairs reconstruct; do \
-		$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing $$pairing --output-dir $(DEMO_WORK)/train-$$pairing && \
-		$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing $$pairing --output-dir $(DEMO_WORK)/train-$$pairing \
+		$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing $$pairing --output $(DEMO_WORK)/train-$$pairing && \
+		$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing $$pairing --output $(DEMO_WORK)/train-$$pairing \
 			--resume --max-steps 8000 || exit 1; \
 	done
-	$(PYTHON) -m training.cli train single $(DEMO_WORK)/rocket.png --out $(DEMO_WORK)/sindiffusion-rocket.safetensors \
+	$(PYTHON) -m training.cli train single $(DEMO_WORK)/rocket.png --output $(DEMO_WORK)/sindiffusion-rocket.safetensors \
 		--preset sindiffusion_tiny --max-steps $(SINGLE_STEPS) --save-every 250
 	$(PYTHON) -m training.demo_data \
 		--slim $(DEMO_WORK)/train-pairs/model.safetensors models/demo/mnist-pairs.safetensors \

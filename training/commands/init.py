@@ -19,18 +19,18 @@ def run(args) -> None:
     from semantica_core.checkpoint import save_checkpoint
     from semantica_core.encoders import read_encoder_spec
     from semantica_core.networks import build_network
-    from semantica_core.presets import network_preset
-    from semantica_core.presets import default_diffusion_config
+    from semantica_core.presets import default_diffusion_config, network_preset
 
+    output = require_output(args)
     spec = read_encoder_spec(args.encoder)
     network_config = network_preset(args.preset, token_dim=spec.token_dim, pooled_dim=spec.pooled_dim)
-    network_config = network_config.to_dict() if hasattr(network_config, "to_dict") else dict(network_config)
+    network_config = network_config.to_dict()
     diffusion_config = default_diffusion_config(args.preset, resolution=network_config.get("resolution"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         network = build_network("pair_conditioned", network_config)
     save_checkpoint(
-        require_output(args),
+        output,
         kind="pair_conditioned",
         network_config=network_config,
         diffusion_config=diffusion_config,
@@ -39,4 +39,4 @@ def run(args) -> None:
         training_info={"step": 0, "seed": args.seed, "preset": args.preset, "encoder_source": spec.source},
     )
     params = sum(p.numel() for p in network.parameters())
-    print(f"wrote {args.output}: untrained {args.preset} ({params / 1e6:.1f}M parameters) for encoder {spec.encoder_id}")
+    print(f"wrote {output}: untrained {args.preset} ({params / 1e6:.1f}M parameters) for encoder {spec.encoder_id}")
