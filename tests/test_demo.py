@@ -40,8 +40,9 @@ def test_quick_demo_writes_images_sheet_and_metrics(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     for model in ("pairs", "reconstruct"):
         for key in ("consistency_encoder_cosine", "diversity_l1", "distance_to_condition_l1"):
-            assert key in metrics["models"][model]
-        assert metrics["models"][model]["diversity_l1"] > 0
+            assert key in metrics["models"][model]["mean"]
+        assert metrics["models"][model]["mean"]["diversity_l1"] > 0
+        assert metrics["models"][model]["mean"]["conditions"] == 2  # --quick: 2 digits
     assert "consistency: classifier" in done.stdout
     _check_sindiffusion_rows(out, first_row=3)  # the embedded models ship in models/demo/: none may be missing
 

@@ -173,8 +173,12 @@ def run_single(client, object_info, models_dir: Path, seed: int, quick: bool):
     return rows, ""
 
 
-def variation_metrics(conditions: np.ndarray, labels: np.ndarray, results: dict, encoder, classifier) -> dict:
-    """The `semantica eval variations` metrics of the server's images: {"models": {name: metrics}}."""
+SHEET_DIGITS = 10  # rows of digits on the contact sheet; the metrics use every digit
+
+
+def variation_metrics(conditions: np.ndarray, labels: np.ndarray, results: dict, encoder, classifier,
+                      seed: int) -> dict:
+    """The `semantica eval variations` metrics of the server's images, in its result layout (one seed)."""
     import torch
 
     from semantica_core.metrics import variations as vm
@@ -182,11 +186,12 @@ def variation_metrics(conditions: np.ndarray, labels: np.ndarray, results: dict,
 
     cond = torch.from_numpy(np.stack([conditions] * 3, 1)).float().div(255)
     cond_embeds = encode(encoder, cond)
-    out = {"models": {}, "reference": {}}
+    out = {"models": {}, "reference": {}, "seeds": [seed], "settings": {}}
     for name, per_digit in results.items():
         variations = torch.from_numpy(np.stack([np.stack(v) for v in per_digit])).float().div(255)
         variations = variations[..., :3].permute(0, 1, 4, 2, 3)  # [N, K, 3, H, W]
         n, k = variations.shape[:2]
+        out["settings"] = {"conditions": n, "per_condition": k}
         flat = variations.reshape(n * k, *variations.shape[2:])
         metrics = {"conditions": n, "per_condition": k}
         if classifier is not None:
@@ -197,7 +202,7 @@ def variation_metrics(conditions: np.ndarray, labels: np.ndarray, results: dict,
         metrics["unrelated_encoder_cosine"] = float(vm.baseline_similarity(cond_embeds.pooled))
         metrics["diversity_l1"] = float(vm.variation_diversity(variations, "l1"))
         metrics["distance_to_condition_l1"] = float(vm.distance_to_condition(cond, variations, "l1"))
-        out["models"][name] = metrics
+        out["models"][name] = {"mean": metrics, "spread": {key: 0.0 for key in metrics}}
     return out
 
 
@@ -205,9 +210,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/demo", help="output folder")
     parser.add_argument("--quick", action="store_true", help="2 digits, fewer steps (the test's reduced demo)")
-    parser.add_argument("--digits", type=int, default=10, help="held-out digits to vary (one per class first)")
+    # 50 x 4 = 200 variations per model: the printed figures are not the noise of a few dozen images.
+    parser.add_argument("--digits", type=int, default=50, help="held-out digits to vary (one per class first)")
     parser.add_argument("--count", type=int, default=4, help="variations per digit")
-    parser.add_argument("--steps", type=int, default=30, help="sampler steps (euler_ancestral for the variations)")
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps (euler_ancestral for the variations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base", default=None, help="ComfyUI base dir (default: $SEMANTICA_HOME/demo-base)")
     parser.add_argument("--port", type=int, default=None)
@@ -260,7 +266,7 @@ def main(argv=None) -> int:
             timings[f"variations_{title}_seconds"] = round(time.perf_counter() - t, 1)
             log(f"[demo] variations of {len(digits)} held-out digits with {model_name}: "
                 f"{timings[f'variations_{title}_seconds']}s")
-        for i, digit in enumerate(digits):
+        for i, digit in enumerate(digits[:SHEET_DIGITS]):
             rows.append((f"held-out {labels[i]} | pair model x{args.count} | reconstruct model x{args.count}",
                          [digit] + results["pairs"][i] + results["reconstruct"][i]))
 
@@ -297,7 +303,7 @@ def main(argv=None) -> int:
     if CLASSIFIER_PATH.is_file():
         classifier, classifier_info = load_classifier(str(CLASSIFIER_PATH))
     encoder = load_encoder(models_dir / "encoders" / ENCODER_FILE)
-    metrics = variation_metrics(np.stack(digits), labels, results, encoder, classifier)
+    metrics = variation_metrics(np.stack(digits), labels, results, encoder, classifier, args.seed)
     timings["total_seconds"] = round(time.perf_counter() - started, 1)
     metrics.update(timings=timings, notes=notes, digits=labels.tolist(), steps=args.steps, count=args.count)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
