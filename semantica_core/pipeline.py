@@ -135,16 +135,8 @@ def sdedit_images(
         f"SDEdit of {batch} image(s) of {width}x{height}{' with guidance' if guided else ''}", model.resolution,
     )
     out = sdedit(
-        _denoise_fn(model, embeds, guidance),
-        pad_to(guide01 * 2 - 1, canvas_w, canvas_h),
-        model.denoiser.schedule,
-        t0=t0,
-        steps=steps,
-        repeats=repeats,
-        mask=padded_mask,
-        sampler=sampler,
-        noise=noise,
-        callback=callback,
+        _denoise_fn(model, embeds, guidance), pad_to(guide01 * 2 - 1, canvas_w, canvas_h), model.denoiser.schedule,
+        t0=t0, steps=steps, repeats=repeats, mask=padded_mask, sampler=sampler, noise=noise, callback=callback,
         spacing=spacing,
     )
     out = to_unit(center_crop(out, width, height))

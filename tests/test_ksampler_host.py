@@ -7,13 +7,13 @@ class, default 1) for larger runs.
 """
 import json
 import os
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from helpers import interrupt_during_sampling
 from tools.hostctl import REPO_ROOT, execution_error, message_types, ui_to_api
 
 pytestmark = pytest.mark.host
@@ -308,37 +308,8 @@ def test_the_conditioning_extras_travel_through_comfyui_conditioning_nodes(comfy
 
 
 def test_interrupt_stops_ksampler_within_two_seconds(comfy):
-    import websocket
-
     prompt = ksampler_prompt(empty_latent(256, 256), seed=21, steps=1000, sampler_name="euler")
-    host = comfy.url.split("://", 1)[1]
-    ws = websocket.create_connection(f"ws://{host}/ws?clientId={comfy.client_id}", timeout=300)
-    try:
-        prompt_id = comfy.queue_prompt(prompt)
-        steps_seen = 0
-        while steps_seen < 2:
-            message = ws.recv()
-            if isinstance(message, bytes):
-                continue
-            message = json.loads(message)
-            if message["type"] == "progress" and (message.get("data") or {}).get("prompt_id") == prompt_id:
-                steps_seen += 1
-            assert message["type"] not in ("execution_success", "execution_error"), message
-        started = time.monotonic()
-        comfy.interrupt()
-        while True:
-            message = ws.recv()
-            if isinstance(message, bytes):
-                continue
-            message = json.loads(message)
-            if (message.get("data") or {}).get("prompt_id") != prompt_id:
-                continue
-            assert message["type"] != "execution_success", "the sampling was not interrupted"
-            if message["type"] == "execution_interrupted":
-                break
-        elapsed = time.monotonic() - started
-    finally:
-        ws.close()
+    elapsed, message, prompt_id = interrupt_during_sampling(comfy, prompt, steps_before=2, timeout=300)
     record("interrupt_seconds_256px", elapsed)
     assert elapsed < 2.0 and message["data"]["node_type"] == "KSampler"
     assert "execution_interrupted" in message_types(comfy.wait_for(prompt_id, timeout=60))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import randomize_zero_init
 from semantica_core.networks import (
     PairConditionedUNet,
     PatchUNet,
@@ -27,13 +28,7 @@ def small_config(**overrides) -> UNetConfig:
 
 
 def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Give the zero-initialised layers random weights, else the output is 0 and depends on nothing."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.1)
-    return net
+    return randomize_zero_init(net, std=0.1, generator=torch.Generator().manual_seed(seed))
 
 
 def small_unet(seed: int = 0, **overrides) -> PairConditionedUNet:

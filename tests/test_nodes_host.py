@@ -8,7 +8,6 @@ photos come from skimage.data.
 import io
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import interrupt_during_sampling, randomize_zero_init
 from tools.hostctl import REPO_ROOT, ComfyServer, PromptError, execution_error, message_types, ui_to_api
 
 pytestmark = pytest.mark.host
@@ -43,15 +43,6 @@ WORKFLOW_OVERRIDES = {
 
 
 # --- model files -------------------------------------------------------------------------------------------------
-
-
-def randomize_zero_init(network: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
-    """An untrained network starts with zero output layers; random ones make its images depend on every input."""
-    with torch.no_grad():
-        for p in network.parameters():
-            if not p.any():
-                p.normal_(0.0, std)
-    return network
 
 
 class ModelFiles:
@@ -584,38 +575,8 @@ def test_sampling_sends_an_x0_preview_with_every_step(preview_server, tmp_path_f
 
 
 def test_interrupt_stops_a_long_sampling_within_two_seconds(comfy, pair_model, inputs):
-    import websocket
-
     prompt = variation_prompt(pair_model, "host_test_photo.png", seed=801, count=1, steps=1000)
-    host = comfy.url.split("://", 1)[1]
-    ws = websocket.create_connection(f"ws://{host}/ws?clientId={comfy.client_id}", timeout=120)
-    try:
-        prompt_id = comfy.queue_prompt(prompt)
-        steps_seen = 0
-        while steps_seen < 3:  # sampling is under way
-            message = ws.recv()
-            if isinstance(message, bytes):
-                continue
-            message = json.loads(message)
-            data = message.get("data") or {}
-            assert message["type"] not in ("execution_success", "execution_error"), message
-            if message["type"] == "progress" and data.get("prompt_id") == prompt_id:
-                steps_seen += 1
-        started = time.monotonic()
-        comfy.interrupt()
-        while True:
-            message = ws.recv()
-            if isinstance(message, bytes):
-                continue
-            message = json.loads(message)
-            if (message.get("data") or {}).get("prompt_id") != prompt_id:
-                continue
-            assert message["type"] != "execution_success", "the sampling was not interrupted"
-            if message["type"] == "execution_interrupted":
-                break
-        elapsed = time.monotonic() - started
-    finally:
-        ws.close()
+    elapsed, message, prompt_id = interrupt_during_sampling(comfy, prompt, steps_before=3, timeout=120)
     assert elapsed < 2.0, f"interrupt took {elapsed:.2f} s"
     assert message["data"]["node_type"] == "SemanticaVariationSampler"
     assert "execution_interrupted" in message_types(comfy.wait_for(prompt_id, timeout=60))
@@ -656,27 +617,25 @@ def test_rgba_grayscale_tiny_and_odd_sized_inputs_work(comfy, pair_model, inputs
     gray = comfy.upload_image(np.asarray(Image.fromarray(_photo()).convert("L").resize((50, 40))), name="gray.png")
     one = comfy.upload_image(np.array([[[200, 30, 30]]], np.uint8), name="one_pixel.png")
     rgba = comfy.upload_image(_masked_photo(), name="rgba.png")
+    def variations(n: int, image: list, prefix: str, **sampler) -> dict:
+        """Nodes n+2..n+4: encode `image`, sample variations of it (seed, count, sampler, spacing, size), save."""
+        return {
+            str(n + 2): {"class_type": "SemanticaEncodeImage", "inputs": {"encoder": ["3", 0], "image": image}},
+            str(n + 3): {"class_type": "SemanticaVariationSampler",
+                         "inputs": dict(model=["2", 0], embeds=[str(n + 2), 0], steps=2, guidance=2.0, **sampler)},
+            str(n + 4): {"class_type": "SaveImage", "inputs": {"images": [str(n + 3), 0], "filename_prefix": prefix}},
+        }
+
     prompt = {
         "10": {"class_type": "LoadImage", "inputs": {"image": rgba}},
         # a 4-channel IMAGE (LoadImage alone gives RGB): the encoder composites it over white
         "11": {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["10", 0], "alpha": ["10", 1]}},
-        "12": {"class_type": "SemanticaEncodeImage", "inputs": {"encoder": ["3", 0], "image": ["11", 0]}},
-        "13": {"class_type": "SemanticaVariationSampler",
-               "inputs": dict(model=["2", 0], embeds=["12", 0], seed=5, count=1, steps=2, guidance=2.0,
-                              sampler="euler", spacing="uniform", width=33, height=18)},
-        "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "rgba_var"}},
+        **variations(10, ["11", 0], "rgba_var", seed=5, count=1, sampler="euler", spacing="uniform", width=33,
+                     height=18),
         "20": {"class_type": "LoadImage", "inputs": {"image": gray}},
-        "22": {"class_type": "SemanticaEncodeImage", "inputs": {"encoder": ["3", 0], "image": ["20", 0]}},
-        "23": {"class_type": "SemanticaVariationSampler",
-               "inputs": dict(model=["2", 0], embeds=["22", 0], seed=6, count=2, steps=2, guidance=2.0,
-                              sampler="heun", spacing="karras", width=7, height=13)},
-        "24": {"class_type": "SaveImage", "inputs": {"images": ["23", 0], "filename_prefix": "gray_var"}},
+        **variations(20, ["20", 0], "gray_var", seed=6, count=2, sampler="heun", spacing="karras", width=7, height=13),
         "30": {"class_type": "LoadImage", "inputs": {"image": one}},
-        "32": {"class_type": "SemanticaEncodeImage", "inputs": {"encoder": ["3", 0], "image": ["30", 0]}},
-        "33": {"class_type": "SemanticaVariationSampler",
-               "inputs": dict(model=["2", 0], embeds=["32", 0], seed=7, count=1, steps=2, guidance=2.0,
-                              sampler="ddim", spacing="uniform", width=0, height=0)},
-        "34": {"class_type": "SaveImage", "inputs": {"images": ["33", 0], "filename_prefix": "one_var"}},
+        **variations(30, ["30", 0], "one_var", seed=7, count=1, sampler="ddim", spacing="uniform", width=0, height=0),
         "35": {"class_type": "SemanticaSDEdit", "inputs": dict(model=["2", 0], image=["30", 0], seed=8, strength=0.5,
                                                                steps=2, repeats=1, sampler="ddpm", guidance=1.0)},
         "36": {"class_type": "SaveImage", "inputs": {"images": ["35", 0], "filename_prefix": "one_sdedit"}},

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from helpers import randomize_zero_init
 from semantica_core.canvas import canvas_size
 from semantica_core.checkpoint import EncoderMismatchError, load_checkpoint, save_checkpoint
 from semantica_core.diffusion import DiffusionConfig, ScheduleConfig
@@ -25,15 +26,6 @@ def batch_atol(model) -> float:
     if model.denoiser.resolved_precision(next(model.network.parameters()).device).dtype == torch.bfloat16:
         return 4 * torch.finfo(torch.bfloat16).eps
     return BATCH_ATOL
-
-
-def randomize_zero_init(network: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
-    """An untrained network starts with zero output layers and so ignores its input; random ones make the tests bite."""
-    with torch.no_grad():
-        for p in network.parameters():
-            if not p.any():
-                p.normal_(0.0, std)
-    return network
 
 
 def write_pair_model(path, seed: int = 0, encoder_id: str = ENCODER_ID):
