@@ -173,7 +173,7 @@ def test_tiny_preset_trains_exports_and_reports_bad_data(assets):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert kept == [f"step-{TRAIN_STEPS - CHECKPOINT_EVERY:08d}", f"step-{TRAIN_STEPS:08d}"]  # keep_checkpoints = 2
-    assert (out / "checkpoints" / kept[-1] / "model.safetensors").is_file()
+    assert (out / "checkpoints" / kept[-1] / "state.safetensors").is_file()
 
 
 def _torchrun():
@@ -190,7 +190,7 @@ def test_two_cpu_processes_train_and_export(assets):
     assert summary["images_seen"] == 6 * 4 * 2
     assert summary["data"]["counts"]["pairs_used"] == 6 * 4 * 2  # both processes' counts
     state = out / "checkpoints" / "step-00000006"
-    assert (state / "data-0.json").is_file() and (state / "data-1.json").is_file()
+    assert {p.name for p in state.iterdir()} == {"state.safetensors", "state-rank1.safetensors"}
     # Resuming with two processes picks up both data positions and finishes.
     _run(_train_args(assets, out, "--max-steps", "8", "--checkpoint-every", "3", "--resume"), launcher=_torchrun())
     assert _check_export(out, 8, processes=2)["start_step"] == 6
