@@ -57,7 +57,8 @@ class EMA:
         missing = [n for n in self.names if n not in tensors]
         wrong = [n for n, t in zip(self.names, self.shadow) if n in tensors and tensors[n].shape != t.shape]
         if missing or wrong:
-            raise ValueError(f"the saved EMA does not fit this network (missing {missing[:3]}, other shape {wrong[:3]})")
+            raise ValueError(f"the saved EMA does not fit this network (missing {missing[:3]}, "
+                             f"other shape {wrong[:3]})")
         for name, t in zip(self.names, self.shadow):
             t.copy_(tensors[name])
         self.updates = int(updates)

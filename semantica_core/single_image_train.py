@@ -28,8 +28,8 @@ from .memory import check_fits, training_bytes
 from .networks import PatchUNet, PatchUNetConfig
 from .precision import PRECISIONS, resolve_precision
 
-# Network, image size, training length and prediction per preset. "sindiffusion" is the paper's: receptive field
-# 101 px (about 40% of a 250 px image), 50k iterations, eps prediction. The tiny one keeps that ratio (45 px of
+# The training presets: network, image size, training length and prediction. "sindiffusion" is the paper's:
+# receptive field 101 px (about 40% of a 250 px image), 50k iterations, eps prediction. The tiny one keeps that ratio (45 px of
 # 112) at about a sixteenth of the compute per step, for CPUs and tests, and predicts v: GroupNorm hides the
 # global mean of the network's input, so an eps model cannot see the mean of the noise it must remove, and its x0
 # estimate inherits a colour error of about sigma / sqrt(H * W) per channel. On small images that randomises the
@@ -57,7 +57,7 @@ class SingleImageTrainConfig:
 
     network: dict = field(default_factory=lambda: dict(PRESETS["sindiffusion"]["network"]))
     diffusion: dict = field(default_factory=lambda: sindiffusion_diffusion().to_dict())
-    preset: str = "sindiffusion"
+    preset: str = "sindiffusion"  # the training preset (PRESETS) it started from; its network is the model preset
     max_side: int = 250  # long side of the training image in pixels (smaller images are not enlarged)
     scale_min: float = 0.75  # each batch is resized by U(scale_min, scale_max) per axis
     scale_max: float = 1.25

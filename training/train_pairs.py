@@ -100,7 +100,9 @@ class Condition:
         )
 
     def describe(self) -> str:
-        return f"cache {self.c.data.cache}" if self.cache is not None else f"encoder {self.info['encoder_id']} on the fly"
+        if self.cache is not None:
+            return f"cache {self.c.data.cache}"
+        return f"encoder {self.info['encoder_id']} on the fly"
 
     def __call__(self, batch: dict, stats) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """(tokens, pooled, keep) on the device; keep is None unless pairs are filtered on the fly (counted in
@@ -242,7 +244,8 @@ def save_checkpoint(run: Run, seconds: float, log) -> None:
         main = acc.is_main_process and not run.pickled_state  # the weights and optimizer of DDP: process 0's
         save_train_state(
             run_dir.state_file(tmp, run.rank), step=step, config=run.config.to_dict(),
-            network=weights if main else None, ema=run.ema if own_ema else None, optimizer=run.optimizer if main else None,
+            network=weights if main else None, ema=run.ema if own_ema else None,
+            optimizer=run.optimizer if main else None,
             generators=None if run.pickled_state else {"noise": run.generator}, global_rng=not run.pickled_state,
             info=info,
         )
