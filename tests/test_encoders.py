@@ -145,7 +145,7 @@ def test_open_clip_local_dir_matches_open_clip(tmp_path):
 
 
 def test_unknown_names_get_clear_errors(tmp_path):
-    with pytest.raises(EncoderExportError, match="only efficientnet-lite0 ships real weights.*--weights"):
+    with pytest.raises(EncoderExportError, match="real weights exist offline only for efficientnet-lite0 and dinov2-vits14.*--weights"):
         export_encoder("resnet18", tmp_path / "x.safetensors")
     with pytest.raises(EncoderExportError, match="unknown encoder architecture 'no-such-net'"):
         export_encoder("no-such-net", tmp_path / "x.safetensors", random=True)

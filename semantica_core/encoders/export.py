@@ -60,7 +60,7 @@ def export_encoder(
         backend, arch = resolve_architecture(name)
         if not random and weights is None:
             raise EncoderExportError(
-                f"no offline weights for '{name}': only {', '.join(REAL_WEIGHTS)} ships real weights offline. "
+                f"no offline weights for '{name}': real weights exist offline only for {' and '.join(REAL_WEIGHTS)}. "
                 f"Use random=True (--random) for random weights, weights=FILE (--weights FILE.safetensors) for a local "
                 f"{backend} weight file of {arch}, or 'local-dir:/dir' for an open_clip folder holding "
                 f"open_clip_config.json and open_clip_model.safetensors"
