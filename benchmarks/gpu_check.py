@@ -166,11 +166,9 @@ def check_train(device: torch.device, size, work: Path) -> list[dict]:
     out = work / "train"
     command = [sys.executable, "-m", "training.cli", "train", "pairs", "--preset", preset, "--data", str(data),
                "--encoder", str(ENCODER), "--max-steps", str(steps), "--batch-size", str(batch),
-               "--output-dir", str(out), "--num-workers", "0" if device.type == "cpu" else "4",
+               "--output", str(out), "--device", device.type, "--num-workers", "0" if device.type == "cpu" else "4",
                "--set", "train.log_every=1", "--set", "sample.every=0", "--set", "sample.num_conditions=0",
                "--set", f"train.checkpoint_every={steps}"]
-    if device.type == "cpu":
-        command.append("--cpu")
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -33,8 +33,7 @@ def write_files(models_dir: Path, preset: str) -> tuple[Path, Path]:
     from semantica_core.checkpoint import save_checkpoint
     from semantica_core.encoders import export_encoder
     from semantica_core.networks import build_network
-    from semantica_core.presets import network_preset
-    from semantica_core.presets import default_diffusion_config
+    from semantica_core.presets import default_diffusion_config, network_preset
 
     encoder_path = models_dir / "semantica" / "encoders" / "bench-encoder.safetensors"
     encoder = export_encoder("efficientnet-lite0", encoder_path, random=True, image_size=128)
