@@ -1,9 +1,23 @@
 """What several test modules share. pytest puts this folder on sys.path first: `from helpers import ...`."""
 import json
+import os
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env() -> dict:
+    """The environment of a `semantica` subprocess: one thread (the machine is shared), offline, unbuffered, and the
+    checkout first on the path."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
 
 
 def randomize_zero_init(network: torch.nn.Module, std: float = 0.05,

@@ -13,6 +13,8 @@ from PIL import Image
 
 from training.cli import main
 
+from helpers import cli_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,15 +52,8 @@ def test_bad_arguments_are_exit_status_2_too():
 # --- through the real CLI on a tmpfs ------------------------------------------------------------------------------
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "training.cli", *map(str, args)], cwd=REPO, env=_env(),
+    return subprocess.run([sys.executable, "-m", "training.cli", *map(str, args)], cwd=REPO, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from training import run_dir
 
+from helpers import cli_env
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 16, 4
 
@@ -36,13 +38,6 @@ def assets(tmp_path_factory):
     return root
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
 def command(assets, out, *extra):
     """`semantica train pairs` on the example pages; float32 so that equal steps give equal weights."""
     return [sys.executable, "-m", "training.cli", "train", "pairs", "--data", str(assets / "pages"), "--encoder",
@@ -58,7 +53,7 @@ def single_command(assets, out, *extra):
 
 
 def run(args, expect=0, timeout=300):
-    result = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout,
+    result = subprocess.run(args, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout,
                             preexec_fn=lambda: os.umask(0o022))
     assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
@@ -70,7 +65,7 @@ def files_under(folder: Path):
 
 def kill_after_a_checkpoint(args, saved, timeout=240) -> None:
     """Starts `args` and SIGKILLs it as soon as `saved()` says a checkpoint is on disk (and before it ends)."""
-    process = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(args, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     try:
         while not saved():
@@ -180,7 +175,7 @@ def _kill_during_a_checkpoint_write(assets, out) -> int:
     """Starts a run that checkpoints every step and SIGKILLs it while a checkpoint's temporary folder exists (the
     folder still there after the kill proves it); returns the step of the checkpoint that was being written."""
     process = subprocess.Popen(command(assets, out, "--max-steps", "200", "--checkpoint-every", "1"), cwd=REPO,
-                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root, deadline = out / "checkpoints", time.monotonic() + 240
     try:
         while True:
@@ -219,7 +214,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume(assets):
 def test_a_second_run_into_a_running_folder_stops_at_once(assets):
     out = assets / "locked"
     first = subprocess.Popen(command(assets, out, "--max-steps", "100000", "--checkpoint-every", "0"), cwd=REPO,
-                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         lock, deadline = out / "train.lock", time.monotonic() + 120
         while not (lock.is_file() and lock.read_text()):

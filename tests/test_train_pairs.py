@@ -13,6 +13,8 @@ from training import train_pairs
 from training.config import ConfigError, OptimConfig, build_model_configs, resolve_config, training_preset_names
 from training.train_pairs import lr_factor
 
+from helpers import cli_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -116,13 +118,6 @@ def assets(tmp_path_factory):
     return {"root": root, "data": str(root / "pages"), "encoder": str(root / "encoder.safetensors"), "info": info}
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
 def _train_args(assets, out, *extra):
     return ["--data", assets["data"], "--encoder", assets["encoder"], "--output", str(out), "--preset", "tiny",
             "--batch-size", "4", *extra]
@@ -130,7 +125,7 @@ def _train_args(assets, out, *extra):
 
 def _run(args, timeout=240, launcher=None):
     command = (launcher or [sys.executable, "-m", "training.train_pairs"]) + args
-    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
@@ -206,7 +201,7 @@ def test_embedding_cache_then_training_with_filtering(assets):
              "a = p.parse_args(['embed'] + sys.argv[1:]); sys.exit(a.func(a))",
              "--data", assets["data"], "--encoder", assets["encoder"], "--output", str(cache), "--shard", str(shard),
              "--num-shards", "2", "--num-workers", "0"],
-            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+            cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120,
         )
         assert result.returncode == 0, result.stderr[-3000:]
     out = assets["root"] / "run-cache"

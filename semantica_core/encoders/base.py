@@ -139,13 +139,15 @@ def weights_hash(state_dict) -> str:
 class ImageEncoder(nn.Module):
     """A frozen image encoder: images [B,3,H,W] in [0, 1], any H and W -> Embeds (float32).
 
-    Subclasses set `self.module` (the backbone whose weights the encoder file stores) and implement
+    Subclasses pass `module` (the backbone whose weights the encoder file stores) and implement
     `encode_preprocessed(x) -> (tokens [B,N,D_tok], pooled [B,D_pool])` on preprocessed input.
     """
 
-    def __init__(self, spec: EncoderSpec):
+    def __init__(self, spec: EncoderSpec, module: nn.Module | None = None):
         super().__init__()
         self.spec = spec
+        if module is not None:
+            self.module = module
 
     # identity ---------------------------------------------------------------------------------------------------
     @property

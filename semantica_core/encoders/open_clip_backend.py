@@ -55,10 +55,6 @@ def open_clip_preprocess(backend_config: dict, preprocess_cfg: dict | None = Non
 
 
 class OpenClipEncoder(ImageEncoder):
-    def __init__(self, spec: EncoderSpec, module: nn.Module):
-        super().__init__(spec)
-        self.module = module
-
     @classmethod
     def from_spec(cls, spec: EncoderSpec) -> "OpenClipEncoder":
         return cls(spec, create_vision_tower(spec.backend_config))

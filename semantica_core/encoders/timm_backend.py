@@ -41,10 +41,6 @@ def features_to_tokens(features: torch.Tensor, num_features: int) -> torch.Tenso
 
 
 class TimmEncoder(ImageEncoder):
-    def __init__(self, spec: EncoderSpec, module: nn.Module):
-        super().__init__(spec)
-        self.module = module
-
     @classmethod
     def from_spec(cls, spec: EncoderSpec) -> "TimmEncoder":
         return cls(spec, create_timm_model(spec.arch, **spec.backend_config.get("kwargs", {})))
