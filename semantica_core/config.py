@@ -108,8 +108,11 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"config file '{path}' does not exist")
     try:
         if str(path).lower().endswith((".yaml", ".yml")):
-            import yaml
-
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"config file '{path}' is YAML, which needs pyyaml: pip install pyyaml "
+                                  "(or `pip install .[train]`), or give a .toml file") from None
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f) or {}
         else:

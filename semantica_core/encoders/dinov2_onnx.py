@@ -78,13 +78,21 @@ def read_onnx_bytes(source) -> tuple[bytes, str]:
     return data, f"{source.name} sha256 {hashlib.sha256(data).hexdigest()[:16]}"
 
 
-def onnx_backbone_state(data: bytes, image_size: int) -> dict[str, torch.Tensor]:
-    """timm `vit_small_patch14_dinov2` state dict (built for `image_size`) from the ONNX model's bytes."""
+def _import_onnx():
+    # Only the export needs onnx (the train extra); the encoder file it writes loads without it.
     try:
         import onnx
-        from onnx import numpy_helper
+        import onnx.numpy_helper
+        import onnx.reference
     except ImportError as e:
         raise DinoV2SourceError("reading the DINOv2 ONNX file needs the onnx package: pip install onnx") from e
+    return onnx
+
+
+def onnx_backbone_state(data: bytes, image_size: int) -> dict[str, torch.Tensor]:
+    """timm `vit_small_patch14_dinov2` state dict (built for `image_size`) from the ONNX model's bytes."""
+    onnx = _import_onnx()
+
     try:
         graph = onnx.load_model_from_string(data).graph
     except Exception as e:  # protobuf raises its own DecodeError
@@ -94,7 +102,7 @@ def onnx_backbone_state(data: bytes, image_size: int) -> dict[str, torch.Tensor]
     def tensor(name: str) -> torch.Tensor:
         if name not in initializers:
             raise DinoV2SourceError(f"the ONNX model has no tensor '{name}': it is not the {PACKAGE} file")
-        return torch.from_numpy(numpy_helper.to_array(initializers[name]).copy()).float()
+        return torch.from_numpy(onnx.numpy_helper.to_array(initializers[name]).copy()).float()
 
     # node name -> its constant inputs, to find the anonymous weights by what uses them
     constant_inputs = {n.name: [i for i in n.input if i in initializers] for n in graph.node}
@@ -144,14 +152,13 @@ def _position_embedding(cls_pos: torch.Tensor, grid_pos: torch.Tensor, image_siz
 def onnx_reference_tokens(data: bytes, pixels: torch.Tensor) -> torch.Tensor:
     """The ONNX graph's own backbone output [B, 1 + N, D] (final layernorm) for preprocessed pixels, computed with
     onnx's reference evaluator: the ground truth the mapping is tested against."""
-    import onnx
-    from onnx.reference import ReferenceEvaluator
+    onnx = _import_onnx()
 
     model = onnx.load_model_from_string(data)
     output = "/backbone/layernorm/Add_1_output_0"
     model.graph.output.append(onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
     buffer = io.BytesIO()
     onnx.save_model(model, buffer)
-    session = ReferenceEvaluator(buffer.getvalue())
+    session = onnx.reference.ReferenceEvaluator(buffer.getvalue())
     result = session.run([output], {"input_image": pixels.numpy()})[0]
     return torch.from_numpy(result)
