@@ -365,11 +365,17 @@ ROWS = [
 ]
 
 
+def model_label(path: str) -> str:
+    """The file's name, or its run folder's where it is a run's `model.safetensors`."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "model" else stem
+
+
 def format_table(result: dict, names: Optional[dict] = None) -> str:
     """The models side by side, one metric per row, each as mean ± spread over the seeds."""
     paths = list(result["models"])
     names = names or {}
-    headers = [names.get(p) or os.path.splitext(os.path.basename(p))[0] for p in paths]
+    headers = [names.get(p) or model_label(p) for p in paths]
     width = max(16, *(len(h) for h in headers))
     label_width = max(len(label) for _, label, _ in ROWS)
 
