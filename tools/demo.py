@@ -107,7 +107,7 @@ def run_variations(client, object_info, model_name: str, digits: list[np.ndarray
         set_inputs(api, "SemanticaVariationSampler", seed=seed + i * count, count=count, steps=steps, width=0, height=0,
                    sampler="euler_ancestral", spacing="karras")
         save_id = set_inputs(api, "SaveImage", filename_prefix=f"demo_{Path(model_name).stem}_{i}")
-        history = client.run(api, timeout=300)
+        history = client.run(api, timeout=PROMPT_TIMEOUT)
         out.append(client.get_images(history, save_id))
     return out
 
@@ -127,7 +127,7 @@ def run_sdedit(client, object_info, model_name: str, painting: np.ndarray, steps
     images = []
     for k in range(3):
         api[prompt_nodes(api, "SemanticaSDEdit")[0]]["inputs"]["seed"] = seed + k
-        images += client.get_images(client.run(api, timeout=300), save_id)
+        images += client.get_images(client.run(api, timeout=PROMPT_TIMEOUT), save_id)
     return images
 
 
@@ -169,10 +169,12 @@ def run_single(client, object_info, models_dir: Path, seed: int, quick: bool):
             set_inputs(api, class_type, seed=seed, **values)
             title = title.format(**values)
         save_id = set_inputs(api, "SaveImage", filename_prefix=f"demo_{Path(workflow).stem}")
-        rows.append((title, client.get_images(client.run(api, timeout=300), save_id)))
+        rows.append((title, client.get_images(client.run(api, timeout=PROMPT_TIMEOUT), save_id)))
     return rows, ""
 
 
+# A guard against a hung server, not a speed target: one prompt takes seconds on a quiet machine, minutes under load.
+PROMPT_TIMEOUT = 900
 SHEET_DIGITS = 10  # rows of digits on the contact sheet; the metrics use every digit
 
 
