@@ -173,6 +173,17 @@ class ImageEncoder(nn.Module):
     def info(self) -> dict:
         return self.spec.info()
 
+    @classmethod
+    def measured(cls, spec: EncoderSpec, module: nn.Module) -> "ImageEncoder":
+        """The frozen encoder of `module` under `spec`, whose token and pooled dims are filled in from one forward
+        pass (a new export does not know them before)."""
+        encoder = cls(spec, module)._freeze()
+        size = spec.preprocess.image_size
+        with torch.no_grad():
+            tokens, pooled = encoder.encode_preprocessed(torch.zeros(1, 3, size, size))
+        spec.num_tokens, spec.token_dim, spec.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
+        return encoder
+
     def _freeze(self) -> "ImageEncoder":
         self.requires_grad_(False)
         return super().train(False)

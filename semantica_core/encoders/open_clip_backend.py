@@ -78,8 +78,4 @@ def build_open_clip_encoder(
     """Wraps a built image tower; token and pooled dims are measured with one forward pass."""
     preprocess = open_clip_preprocess(backend_config, preprocess_cfg)
     probe = EncoderSpec("open_clip", arch, weights_tag, preprocess, 0, 0, 0, backend_config, source)
-    encoder = OpenClipEncoder(probe, visual)._freeze()
-    with torch.no_grad():
-        tokens, pooled = encoder.encode_preprocessed(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size))
-    probe.num_tokens, probe.token_dim, probe.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
-    return encoder
+    return OpenClipEncoder.measured(probe, visual)

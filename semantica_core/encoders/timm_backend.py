@@ -68,8 +68,4 @@ def build_timm_encoder(
     if patch_tokens_only:
         backend_config["patch_tokens_only"] = True
     probe = EncoderSpec("timm", arch, weights_tag, preprocess, 0, 0, 0, backend_config, source)
-    encoder = TimmEncoder(probe, module)._freeze()
-    with torch.no_grad():
-        tokens, pooled = encoder.encode_preprocessed(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size))
-    probe.num_tokens, probe.token_dim, probe.pooled_dim = tokens.shape[1], tokens.shape[2], pooled.shape[1]
-    return encoder
+    return TimmEncoder.measured(probe, module)
