@@ -215,10 +215,10 @@ def test_cli_export_init_and_info(tmp_path):
 
     encoder_file, model_file = tmp_path / "encoder.safetensors", tmp_path / "model.safetensors"
     out = run(
-        "encoder", "export", "resnet10t", "--random", "--seed", "3", "--image-size", "64", "--out", str(encoder_file)
+        "encoder", "export", "resnet10t", "--random", "--seed", "3", "--image-size", "64", "--output", str(encoder_file)
     )
     assert "timm:resnet10t:random-3-" in out
-    run("init", "--encoder", str(encoder_file), "--preset", "tiny", "--out", str(model_file), "--seed", "1")
+    run("init", "--encoder", str(encoder_file), "--preset", "tiny", "--output", str(model_file), "--seed", "1")
     info = json.loads(run("checkpoint", "info", str(model_file)))
 
     from semantica_core.encoders import read_encoder_spec
@@ -234,7 +234,7 @@ def test_cli_export_init_and_info(tmp_path):
 def test_cli_errors_are_one_line_messages(tmp_path, capsys):
     from training.cli import main
 
-    assert main(["encoder", "export", "resnet18", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert main(["encoder", "export", "resnet18", "--output", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("semantica: error: no offline weights for 'resnet18'") and "--random" in err
     bad = tmp_path / "bad.safetensors"

@@ -19,8 +19,18 @@ if not (COMFY_DIR / "comfy" / "samplers.py").exists():
 
 @pytest.fixture(scope="module")
 def comfy_modules():
+    saved_path = list(sys.path)
     if str(COMFY_DIR) not in sys.path:
         sys.path.insert(0, str(COMFY_DIR))
+    yield _import_comfy()
+    # Later test modules import our `nodes` package: ComfyUI's nodes.py must not shadow it.
+    sys.path[:] = saved_path
+    shadow = sys.modules.get("nodes")
+    if shadow is not None and not str(getattr(shadow, "__file__", "")).startswith(str(REPO_ROOT / "nodes")):
+        del sys.modules["nodes"]
+
+
+def _import_comfy():
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # before comfy.model_management picks a device

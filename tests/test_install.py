@@ -233,7 +233,7 @@ def test_installed_package_runs_every_command_and_trains_outside_the_checkout(tm
     assert helps.count("usage: semantica ") == len(commands), helps[-3000:]
 
     write_example_pages(str(work / "pages"), num_pages=4, size=64)
-    run(semantica, "encoder", "export", "resnet10t", "--random", "--image-size", "64", "--out", "encoder.safetensors")
+    run(semantica, "encoder", "export", "resnet10t", "--random", "--image-size", "64", "--output", "encoder.safetensors")
     run(semantica, "train", "pairs", "--preset", "tiny", "--data", "pages", "--encoder", "encoder.safetensors",
         "--output", "run", "--max-steps", "4", "--batch-size", "2", "--num-workers", "0", "--device", "cpu",
         "--set", "sample.every=0", "--set", "sample.num_conditions=0", "--set", "train.checkpoint_every=4",

@@ -146,8 +146,8 @@ class ModelFiles:
         clip_file = self.ensure("clip_vision", "open_clip_vit_l14_openai.safetensors")
         encoder = self.scratch / "open_clip_vit_l14_openai-encoder.safetensors"
         assert main(["encoder", "export", "open_clip:ViT-L-14-quickgelu", "--weights", str(clip_file),
-                     "--out", str(encoder)]) == 0
-        assert main(["init", "--encoder", str(encoder), "--preset", "tiny", "--out", str(path)]) == 0
+                     "--output", str(encoder)]) == 0
+        assert main(["init", "--encoder", str(encoder), "--preset", "tiny", "--output", str(path)]) == 0
         self.clip_encoder_file = encoder
 
     def _open_clip(self, path):

@@ -157,9 +157,9 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
         assert main(["encoder", "export", "resnet10t", "--random", "--image-size", "32",
-                     "--out", str(tmp_path / "encoder.safetensors")]) == 0
+                     "--output", str(tmp_path / "encoder.safetensors")]) == 0
         assert main(["init", "--encoder", str(tmp_path / "encoder.safetensors"), "--preset", "tiny",
-                     "--out", str(tmp_path / "model.safetensors")]) == 0
+                     "--output", str(tmp_path / "model.safetensors")]) == 0
         state = init_train_state(torch.rand(1, 3, 16, 16), SingleImageTrainConfig.from_preset(
             "sindiffusion_tiny", max_side=16), "cpu")
         save_train_state(tmp_path / "single.safetensors.train-state", state)
