@@ -183,27 +183,17 @@ def variation_metrics(conditions: np.ndarray, labels: np.ndarray, results: dict,
     """The `semantica eval variations` metrics of the server's images, in its result layout (one seed)."""
     import torch
 
-    from semantica_core.metrics import variations as vm
-    from training.eval_variations import encode
+    from training import eval_variations
 
     cond = torch.from_numpy(np.stack([conditions] * 3, 1)).float().div(255)
-    cond_embeds = encode(encoder, cond)
+    cond_embeds = eval_variations.encode(encoder, cond)
     out = {"models": {}, "reference": {}, "seeds": [seed], "settings": {}}
     for name, per_digit in results.items():
         variations = torch.from_numpy(np.stack([np.stack(v) for v in per_digit])).float().div(255)
         variations = variations[..., :3].permute(0, 1, 4, 2, 3)  # [N, K, 3, H, W]
-        n, k = variations.shape[:2]
-        out["settings"] = {"conditions": n, "per_condition": k}
-        flat = variations.reshape(n * k, *variations.shape[2:])
-        metrics = {"conditions": n, "per_condition": k}
-        if classifier is not None:
-            predicted = classifier.predict(flat).reshape(n, k)
-            metrics["consistency_classifier"] = float(vm.label_agreement(torch.from_numpy(labels), predicted))
-        features = encode(encoder, flat).pooled.reshape(n, k, -1)
-        metrics["consistency_encoder_cosine"] = float(vm.feature_consistency(cond_embeds.pooled, features))
-        metrics["unrelated_encoder_cosine"] = float(vm.baseline_similarity(cond_embeds.pooled))
-        metrics["diversity_l1"] = float(vm.variation_diversity(variations, "l1"))
-        metrics["distance_to_condition_l1"] = float(vm.distance_to_condition(cond, variations, "l1"))
+        out["settings"] = {"conditions": variations.shape[0], "per_condition": variations.shape[1]}
+        metrics = eval_variations.variation_metrics(cond, cond_embeds, variations, torch.from_numpy(labels),
+                                                    classifier, encoder)
         out["models"][name] = {"mean": metrics, "spread": {key: 0.0 for key in metrics}}
     return out
 

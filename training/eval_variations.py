@@ -211,8 +211,23 @@ def evaluate_model(
     flat = generate(condition_embeds, k, seed, "conditions")
     sample_seconds = time.perf_counter() - started
     variations = vm.group_variations(flat, k)
-    metrics: dict = {"conditions": n, "per_condition": k}
+    metrics = variation_metrics(conditions, condition_embeds, variations, labels, classifier, encoder)
+    if few_shot_embeds is not None and reference_features is not None:
+        few = generate(few_shot_embeds, few_shot_per, seed + 1_000_000, "few-shot conditions")
+        metrics["few_shot_samples"] = len(few)
+        metrics["few_shot_fd"] = float(vm.few_shot_frechet(classifier.feature_vectors(few), reference_features))
+    metrics["sampling_seconds"] = round(sample_seconds, 2)
+    return metrics, variations
 
+
+def variation_metrics(conditions, condition_embeds, variations, labels, classifier, encoder) -> dict:
+    """Consistency and diversity of variations [N, K, 3, H, W] of `conditions` [N, 3, H, W] (whose embeddings in
+    the model's encoder are given); the classifier figures need labels and a classifier."""
+    from semantica_core.metrics import variations as vm
+
+    n, k = variations.shape[:2]
+    flat = variations.reshape(n * k, *variations.shape[2:])
+    metrics: dict = {"conditions": n, "per_condition": k}
     if classifier is not None and labels is not None:
         predicted = classifier.predict(flat).reshape(n, k)
         metrics["consistency_classifier"] = float(vm.label_agreement(labels, predicted))
@@ -224,12 +239,7 @@ def evaluate_model(
     metrics["unrelated_encoder_cosine"] = float(vm.baseline_similarity(condition_embeds.pooled))
     metrics["diversity_l1"] = float(vm.variation_diversity(variations, "l1"))
     metrics["distance_to_condition_l1"] = float(vm.distance_to_condition(conditions, variations, "l1"))
-    if few_shot_embeds is not None and reference_features is not None:
-        few = generate(few_shot_embeds, few_shot_per, seed + 1_000_000, "few-shot conditions")
-        metrics["few_shot_samples"] = len(few)
-        metrics["few_shot_fd"] = float(vm.few_shot_frechet(classifier.feature_vectors(few), reference_features))
-    metrics["sampling_seconds"] = round(sample_seconds, 2)
-    return metrics, variations
+    return metrics
 
 
 def mean_and_spread(per_seed: list[dict]) -> tuple[dict, dict]:
