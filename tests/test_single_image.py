@@ -27,6 +27,7 @@ from semantica_core.single_image_train import (
     PRESETS,
     SingleImageTrainConfig,
     init_train_state,
+    learning_rate,
     prepare_training_image,
     save_single_image_checkpoint,
     state_path_for,
@@ -78,6 +79,19 @@ def test_training_image_keeps_aspect_and_never_enlarges():
     assert prepare_training_image(torch.rand(1, 3, 40, 60), 250).shape[-2:] == (40, 60)
     with pytest.raises(ValueError, match="one RGB image"):
         prepare_training_image(torch.rand(2, 3, 40, 60), 250)
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_to_its_final_fraction():
+    config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", lr=1e-3, warmup_steps=10, lr_decay="cosine",
+                                                lr_final=0.1)
+    rates = [learning_rate(config, step, 110) for step in range(110)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)  # linear warm-up from lr / 10
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))  # then never rising
+    assert rates[-1] == pytest.approx(1e-4)  # lr * lr_final at the last step
+    constant = SingleImageTrainConfig.from_preset("sindiffusion_tiny", lr=1e-3, warmup_steps=0, lr_decay="constant")
+    assert {learning_rate(constant, step, 50) for step in range(50)} == {1e-3}
+    with pytest.raises(ValueError, match="lr_decay one of constant, cosine"):
+        SingleImageTrainConfig.from_preset("sindiffusion_tiny", lr_decay="linear")
 
 
 def test_cli_resume_continues_the_same_run(photo_file, tmp_path):
@@ -400,3 +414,22 @@ def test_host_training_again_with_the_same_inputs_loads_the_saved_model(comfy, c
     prompt["2"]["inputs"]["seed"] = 6  # another run: trained and saved under the next free name
     comfy.run(prompt, timeout=600)
     assert files() == ["host_test_reuse.safetensors", "host_test_reuse_00001.safetensors"]
+
+
+@pytest.mark.slow
+def test_recipe_curve_tool_measures_every_checkpoint_and_resumes_measuring(photo_file, tmp_path):
+    from tools import sindiffusion_curve
+
+    out = tmp_path / "curve"
+    args = ["--photo", str(photo_file), "--recipe", "before", "--steps", "2", "--every", "1", "--samples", "2",
+            "--output", str(out)]
+    assert sindiffusion_curve.main(args) == 0
+    run = json.loads((out / "curve.json").read_text())
+    assert [p["step"] for p in run["points"]] == [1, 2]
+    assert all(p["sifid"]["median"] > 0 and len(p["sifid_per_sample"]) == 2 for p in run["points"])
+    assert all(p["train_seconds"] > 0 for p in run["points"])
+    assert load_checkpoint(out / "step-000002.safetensors").training_info["config"]["lr_decay"] == "constant"
+    (out / "curve.json").unlink()
+    assert sindiffusion_curve.main([*args, "--evaluate-only"]) == 0
+    again = json.loads((out / "curve.json").read_text())
+    assert [p["sifid"]["median"] for p in again["points"]] == [p["sifid"]["median"] for p in run["points"]]

@@ -22,7 +22,7 @@ from training.options import add_device, add_output, add_precision, require_outp
 
 # Config keys a resumed run may change: freely (how it computes, not what), or with --override.
 FREE_ON_RESUME = ("precision",)
-OVERRIDABLE = ("lr", "batch_size")
+OVERRIDABLE = ("lr", "batch_size", "warmup_steps", "lr_decay", "lr_final")
 FLAG_NAMES = {"max_side": "--size", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
               "preset": "--preset", "precision": "--precision", "diffusion.prediction": "--prediction"}
 
@@ -38,11 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set ema_decay=0.999 --set network.base_channels=48")
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="total training steps (default: 50000 for sindiffusion, 4000 for sindiffusion_tiny)")
+                        help="total training steps (default: 50000 for sindiffusion, 2400 for sindiffusion_tiny)")
     parser.add_argument("--size", type=int, default=None,
                         help="long side of the training image in px (default: 250, or 112 for the tiny preset)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 8")
-    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-4)")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 5e-4, or 2e-3 for sindiffusion_tiny)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the weights, scales and noise (default 0)")
     parser.add_argument("--prediction", default=None, choices=["eps", "v", "x0"],
                         help="network target (default: eps for sindiffusion as the paper, v for sindiffusion_tiny)")
@@ -150,10 +150,7 @@ def run(args) -> int:
                 f"{state_path} was trained on another image than {image_path}; give the same image, or another "
                 "--output to start a new model"
             )
-        config = resumed_config(args, state_path, state.config)
-        for group in state.optimizer.param_groups:
-            group["lr"] = config.lr
-        state.config = config
+        state.config = resumed_config(args, state_path, state.config)  # the loop sets each step's learning rate
         print(f"resuming {out} at step {state.step}")
     else:
         if state_path.is_file():
