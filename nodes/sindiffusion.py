@@ -24,7 +24,7 @@ from .progress import SamplingProgress
 from .sampling import run_on_host
 
 # SinDiffusion Train's default steps, sized to finish in minutes where `auto` picks each preset (the CLI's
-# `train single` defaults are the full runs: 2,400 and 50,000).
+# `train single` defaults are the full runs: 4,000 and 50,000).
 IN_GRAPH_STEPS = {"sindiffusion_tiny": 600, "sindiffusion": 6000}
 
 

@@ -33,18 +33,16 @@ from .precision import PRECISIONS, resolve_precision
 # 112) at about a sixteenth of the compute per step, for CPUs and tests, and predicts v: GroupNorm hides the
 # global mean of the network's input, so an eps model cannot see the mean of the noise it must remove, and its x0
 # estimate inherits a colour error of about sigma / sqrt(H * W) per channel. On small images that randomises the
-# colour of every sample (chelsea at 64 px, 600 steps: substitute SIFID 8.0 with eps, 0.43 with v). Its "recipe" is
-# for short CPU runs: a higher learning rate, warmed up and decayed by a cosine to a tenth over the run, and an EMA
-# short enough to follow it (0.9999 averages over more steps than a 10-minute run has); README, "Quality per
-# training minute", has the measured curve against the constant 5e-4 / EMA 0.9999 recipe it replaced.
+# colour of every sample (chelsea at 64 px, 600 steps: substitute SIFID 8.0 with eps, 0.43 with v). Both keep a
+# constant learning rate: a warm-up + cosine 2e-3 / EMA 0.999 recipe tried on the tiny one was better over the first
+# minutes and worse after 1,200 steps (README, "Quality per training minute").
 PRESETS = {
     "sindiffusion": {"network": PatchUNetConfig().to_dict(), "max_side": 250, "steps": 50_000, "prediction": "eps"},
     "sindiffusion_tiny": {
         "network": PatchUNetConfig(base_channels=32, channel_mult=(1, 2)).to_dict(),
         "max_side": 112,
-        "steps": 2_400,
+        "steps": 4_000,
         "prediction": "v",
-        "recipe": {"lr": 2e-3, "warmup_steps": 100, "lr_decay": "cosine", "lr_final": 0.1, "ema_decay": 0.999},
     },
 }
 LR_DECAYS = ("constant", "cosine")
@@ -102,7 +100,6 @@ class SingleImageTrainConfig:
             "max_side": PRESETS[preset]["max_side"],
             "preset": preset,
             "diffusion": sindiffusion_diffusion(prediction or PRESETS[preset]["prediction"]).to_dict(),
-            **PRESETS[preset].get("recipe", {}),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -38,11 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set ema_decay=0.999 --set network.base_channels=48")
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="total training steps (default: 50000 for sindiffusion, 2400 for sindiffusion_tiny)")
+                        help="total training steps (default: 50000 for sindiffusion, 4000 for sindiffusion_tiny)")
     parser.add_argument("--size", type=int, default=None,
                         help="long side of the training image in px (default: 250, or 112 for the tiny preset)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 8")
-    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 5e-4, or 2e-3 for sindiffusion_tiny)")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-4)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the weights, scales and noise (default 0)")
     parser.add_argument("--prediction", default=None, choices=["eps", "v", "x0"],
                         help="network target (default: eps for sindiffusion as the paper, v for sindiffusion_tiny)")
