@@ -47,7 +47,8 @@ demo-models: setup
 			--resume --max-steps 8000 || exit 1; \
 	done
 	$(PYTHON) -m training.cli train single $(DEMO_WORK)/rocket.png --output $(DEMO_WORK)/sindiffusion-rocket.safetensors \
-		--preset sindiffusion_tiny --max-steps $(SINGLE_STEPS) --save-every 250
+		--preset sindiffusion_tiny --max-steps $(SINGLE_STEPS) --save-every 250 \
+		--lr 5e-4 --set warmup_steps=0 --set lr_decay=constant --set ema_decay=0.9999  # the shipped file's recipe
 	$(PYTHON) -m training.demo_data \
 		--slim $(DEMO_WORK)/train-pairs/model.safetensors models/demo/mnist-pairs.safetensors \
 		--slim $(DEMO_WORK)/train-reconstruct/model.safetensors models/demo/mnist-reconstruct.safetensors \

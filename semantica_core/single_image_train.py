@@ -28,21 +28,25 @@ from .memory import check_fits, training_bytes
 from .networks import PatchUNet, PatchUNetConfig
 from .precision import PRECISIONS, resolve_precision
 
-# The training presets: network, image size, training length and prediction. "sindiffusion" is the paper's:
-# receptive field 101 px (about 40% of a 250 px image), 50k iterations, eps prediction. The tiny one keeps that ratio (45 px of
-# 112) at about a sixteenth of the compute per step, for CPUs and tests, and predicts v: GroupNorm hides the
-# global mean of the network's input, so an eps model cannot see the mean of the noise it must remove, and its x0
-# estimate inherits a colour error of about sigma / sqrt(H * W) per channel. On small images that randomises the
-# colour of every sample (chelsea at 64 px, 600 steps: substitute SIFID 8.0 with eps, 0.43 with v). Both keep a
-# constant learning rate: a warm-up + cosine 2e-3 / EMA 0.999 recipe tried on the tiny one was better over the first
-# minutes and worse after 1,200 steps (README, "Quality per training minute").
+# The training presets: network, image size, training length, prediction and learning recipe. "sindiffusion" is the
+# paper's: receptive field 101 px (about 40% of a 250 px image), 50k iterations, eps prediction, the config's
+# default recipe (constant 5e-4, EMA 0.9999). The tiny one keeps that ratio (45 px of 112) at about a sixteenth of
+# the compute per step, for CPUs and tests, and predicts v: GroupNorm hides the global mean of the network's input,
+# so an eps model cannot see the mean of the noise it must remove, and its x0 estimate inherits a colour error of
+# about sigma / sqrt(H * W) per channel. On small images that randomises the colour of every sample (chelsea at
+# 64 px, 600 steps: substitute SIFID 8.0 with eps, 0.43 with v). Its recipe is for runs of minutes: a warm-up, a
+# cosine from 2e-3 to a tenth over the run and an EMA of 0.999 (about the last 1,000 steps) reached at 300 to 1,200
+# steps a lower SIFID than the constant 5e-4 / EMA 0.9999 at every point, on two photos never tuned on (README,
+# "Quality per training minute").
 PRESETS = {
-    "sindiffusion": {"network": PatchUNetConfig().to_dict(), "max_side": 250, "steps": 50_000, "prediction": "eps"},
+    "sindiffusion": {"network": PatchUNetConfig().to_dict(), "max_side": 250, "steps": 50_000, "prediction": "eps",
+                     "recipe": {}},
     "sindiffusion_tiny": {
         "network": PatchUNetConfig(base_channels=32, channel_mult=(1, 2)).to_dict(),
         "max_side": 112,
         "steps": 4_000,
         "prediction": "v",
+        "recipe": {"lr": 2e-3, "warmup_steps": 100, "lr_decay": "cosine", "lr_final": 0.1, "ema_decay": 0.999},
     },
 }
 LR_DECAYS = ("constant", "cosine")
@@ -91,8 +95,8 @@ class SingleImageTrainConfig:
 
     @classmethod
     def from_preset(cls, preset: str = "sindiffusion", prediction: Optional[str] = None, **overrides):
-        """A preset's network, size and prediction ("eps", "v" or "x0"); `overrides` set any field (None values are
-        ignored)."""
+        """A preset's network, size, prediction ("eps", "v" or "x0") and recipe; `overrides` set any field (None
+        values are ignored)."""
         if preset not in PRESETS:
             raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
         values = {
@@ -100,6 +104,7 @@ class SingleImageTrainConfig:
             "max_side": PRESETS[preset]["max_side"],
             "preset": preset,
             "diffusion": sindiffusion_diffusion(prediction or PRESETS[preset]["prediction"]).to_dict(),
+            **PRESETS[preset]["recipe"],
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

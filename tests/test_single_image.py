@@ -17,6 +17,7 @@ from semantica_core.metrics.diversity import LPIPS, load_lpips, pairwise_distanc
 from semantica_core.metrics.frechet import frechet_distance, frechet_distance_features
 from semantica_core.metrics.sifid import (
     InceptionFirstBlock,
+    EncoderEarlyFeatures,
     RandomConvFeatures,
     load_inception_first_block,
     sifid,
@@ -35,6 +36,7 @@ from semantica_core.single_image_train import (
 )
 from semantica_core.single_image import outpaint, sample_single_image
 
+DEMO_ENCODER = Path(__file__).resolve().parents[1] / "models" / "demo" / "encoders" / "efficientnet-lite0.safetensors"
 TRAIN_STEPS = 200
 TRAIN_SIDE = 64
 
@@ -92,6 +94,15 @@ def test_learning_rate_warms_up_then_follows_the_cosine_to_its_final_fraction():
     assert {learning_rate(constant, step, 50) for step in range(50)} == {1e-3}
     with pytest.raises(ValueError, match="lr_decay one of constant, cosine"):
         SingleImageTrainConfig.from_preset("sindiffusion_tiny", lr_decay="linear")
+
+
+def test_presets_carry_their_recipe_and_flags_override_it():
+    tiny = SingleImageTrainConfig.from_preset("sindiffusion_tiny")
+    assert (tiny.lr, tiny.warmup_steps, tiny.lr_decay, tiny.ema_decay) == (2e-3, 100, "cosine", 0.999)
+    paper = SingleImageTrainConfig.from_preset("sindiffusion")
+    assert (paper.lr, paper.lr_decay, paper.ema_decay) == (5e-4, "constant", 0.9999)
+    assert SingleImageTrainConfig.from_preset("sindiffusion_tiny", lr=1e-3, ema_decay=None).lr == 1e-3
+    assert SingleImageTrainConfig.from_preset("sindiffusion_tiny", ema_decay=None).ema_decay == 0.999
 
 
 def test_cli_resume_continues_the_same_run(photo_file, tmp_path):
@@ -245,6 +256,29 @@ def test_sifid_is_zero_for_the_image_itself_and_grows_with_change():
     noisy = (real + 0.2 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     values = sifid(RandomConvFeatures(), real, torch.cat([real, noisy, real.flip(-1)]))
     assert values[0] < 1e-6 and values[1] > 10 * values[2] > 0
+
+
+def test_sifid_on_the_demo_encoders_early_stages_tells_structure_from_a_blur():
+    from kornia.filters import gaussian_blur2d
+
+    features = sifid_feature_network(encoder_path=DEMO_ENCODER)
+    assert "efficientnet" in features.label and "stride-4" in features.label and not features.comparable
+    real = _as_tensor(_chelsea())[:, :, ::4, ::4]
+    assert features(real).shape[-2:] == tuple(-(-side // 4) for side in real.shape[-2:])  # "same" padding
+    blurred = gaussian_blur2d(real, (9, 9), (3.0, 3.0))  # the colours without the structure
+    values = sifid(features, real, torch.cat([real, real.flip(-1), blurred]))
+    assert values[0] < 1e-6 and values[2] > 3 * values[1] > 0
+    with pytest.raises(ValueError, match="not both"):
+        sifid_feature_network(DEMO_ENCODER, DEMO_ENCODER)
+
+
+def test_sifid_features_refuse_an_encoder_without_cnn_stages():
+    from semantica_core.encoders.timm_backend import build_timm_encoder, create_timm_model
+
+    vit = build_timm_encoder("vit_tiny_patch16_224", create_timm_model("vit_tiny_patch16_224", img_size=32), "random",
+                             image_size=32, kwargs={"img_size": 32})
+    with pytest.raises(ValueError, match="EfficientNet"):
+        EncoderEarlyFeatures(vit)
 
 
 def test_inception_weights_load_from_a_torchvision_state_dict(tmp_path):
@@ -427,8 +461,10 @@ def test_recipe_curve_tool_measures_every_checkpoint_and_resumes_measuring(photo
     run = json.loads((out / "curve.json").read_text())
     assert [p["step"] for p in run["points"]] == [1, 2]
     assert all(p["sifid"]["median"] > 0 and len(p["sifid_per_sample"]) == 2 for p in run["points"])
+    assert all("efficientnet" in p["sifid_features"] and p["sifid_substitute"]["median"] > 0 for p in run["points"])
     assert all(p["train_seconds"] > 0 for p in run["points"])
-    assert load_checkpoint(out / "step-000002.safetensors").training_info["config"]["lr_decay"] == "constant"
+    assert Image.open(out / "samples-000002.png").size[0] > 0
+    assert load_checkpoint(out / "step-000002.safetensors").training_info["config"]["lr_decay"] == "constant"  # before
     (out / "curve.json").unlink()
     assert sindiffusion_curve.main([*args, "--evaluate-only"]) == 0
     again = json.loads((out / "curve.json").read_text())

@@ -6,13 +6,14 @@
 Trains `sindiffusion_tiny` on a scikit-image photo (or an image file), writes the EMA checkpoint at every `--every`
 steps with the training seconds so far (saving excluded), then draws 16 samples of each checkpoint (dpmpp_2m, 50
 steps, seeds 0-15) and measures their SIFID against the training image with one fixed feature network for every
-point (the Inception first block when --inception is given, else the labelled random-conv substitute).
+point: the Inception first block when --inception is given, else the stride-4 features of the demo's ImageNet
+EfficientNet-Lite0 (--sifid-encoder; learned, so structure counts, not only colour), labelled as a substitute.
 --evaluate-only measures the checkpoints of a run that was stopped early.
 DIR/curve.json holds every point; `--report A.json B.json ...` prints the table of several runs.
 
-Recipes: `before` is the tiny preset as it was before the fast path (float32, constant lr 5e-4, EMA 0.9999, 4000
-steps); `default` is the preset as it is now (the same recipe, `auto` precision); `cosine-2e-3` is the candidate
-that was measured against them (100 warm-up steps, cosine from 2e-3 to a tenth, EMA 0.999).
+Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
+preset as it is now (`auto` precision and its recipe); `cosine-2e-3` is that recipe spelled out, as it was measured
+against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+DEMO_ENCODER = Path(__file__).resolve().parents[1] / "models" / "demo" / "encoders" / "efficientnet-lite0.safetensors"
 RECIPES = {
     "before": dict(precision="fp32", lr=5e-4, warmup_steps=0, lr_decay="constant", ema_decay=0.9999),
     "default": {},
@@ -83,35 +85,49 @@ def checkpoints(out: Path) -> list[dict]:
             for path in sorted(out.glob("step-*.safetensors"))]
 
 
-def evaluate(points: list[dict], image, samples: int, inception) -> None:
+def evaluate(points: list[dict], image, samples: int, inception, sifid_encoder, out: Path) -> None:
+    """Each checkpoint's samples, measured with the chosen feature network and, beside it, the random-conv
+    substitute (the figures of earlier curves); out/samples-STEP.png shows the first eight."""
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
     from semantica_core.checkpoint import load_checkpoint
     from semantica_core.imageops import resize
-    from semantica_core.metrics.sifid import sifid_feature_network
+    from semantica_core.metrics.sifid import sifid, sifid_feature_network
     from semantica_core.single_image import training_size
-    from training.eval_single import evaluate_model
+    from training.eval_single import draw_samples, measure_samples, quartiles
 
-    feature_net = sifid_feature_network(inception)
+    feature_net = sifid_feature_network(inception, None if inception else sifid_encoder)
+    substitute = sifid_feature_network()
     for point in points:
         model = load_checkpoint(point["checkpoint"])
         width, height = training_size(model)
-        result = evaluate_model(model, resize(image, width, height), samples=samples, sampler="dpmpp_2m", steps=50,
-                                seed=0, feature_net=feature_net, distance="l1", batch_size=8)
+        real = resize(image, width, height)
+        fakes = draw_samples(model, width, height, samples=samples, sampler="dpmpp_2m", steps=50, seed=0,
+                             batch_size=8)
+        result = measure_samples(fakes, real, feature_net, "l1")
         point.update(sifid=result["sifid"], sifid_per_sample=result["sifid_per_sample"],
-                     diversity_l1=result["diversity"]["mean"], sifid_features=feature_net.label)
+                     diversity_l1=result["diversity"]["mean"], sifid_features=feature_net.label,
+                     sifid_substitute=quartiles(sifid(substitute, real, fakes)))
+        grid = make_grid(torch.cat([real, fakes[:8]]).clamp(0, 1), nrow=3, padding=2, pad_value=1.0)
+        Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(
+            out / f"samples-{point['step']:06d}.png")
         print(f"step {point['step']}: SIFID median {result['sifid']['median']:.4f} "
-              f"(IQR {result['sifid']['q25']:.4f}-{result['sifid']['q75']:.4f})", flush=True)
+              f"(IQR {result['sifid']['q25']:.4f}-{result['sifid']['q75']:.4f}); random-conv substitute "
+              f"{point['sifid_substitute']['median']:.4f}", flush=True)
 
 
 def report(paths: list[str]) -> None:
-    """One row per checkpoint of each run: photo, recipe, step, SIFID median and IQR."""
-    print("| photo | recipe | step | SIFID median | IQR |")
-    print("| --- | --- | --- | --- | --- |")
+    """One row per checkpoint of each run: photo, recipe, step, SIFID median and IQR, the substitute's median."""
+    print("| photo | recipe | step | SIFID median | IQR | random-conv substitute median |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for path in paths:
         run = json.loads(Path(path).read_text())
         for p in run["points"]:
-            s = p["sifid"]
+            s, sub = p["sifid"], p.get("sifid_substitute", {}).get("median")
             print(f"| {run['photo']} | {run['recipe']} | {p['step']} | {s['median']:.3f} | "
-                  f"{s['q25']:.3f}-{s['q75']:.3f} |")
+                  f"{s['q25']:.3f}-{s['q75']:.3f} | {'' if sub is None else f'{sub:.3f}'} |")
 
 
 def main(argv=None) -> int:
@@ -123,6 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inception", default=None, help="InceptionV3 weights (.safetensors) for real SIFID")
+    parser.add_argument("--sifid-encoder", default=str(DEMO_ENCODER),
+                        help="CNN encoder file for the SIFID features when --inception is not given")
     parser.add_argument("--output", help="folder of the checkpoints and curve.json")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="measure the checkpoints already in --output (of a run stopped early) without training")
@@ -138,7 +156,7 @@ def main(argv=None) -> int:
     if not args.evaluate_only:
         train(args, out)
     points = checkpoints(out)
-    evaluate(points, photo(args.photo), args.samples, args.inception)
+    evaluate(points, photo(args.photo), args.samples, args.inception, args.sifid_encoder, out)
     run = {"photo": args.photo, "recipe": args.recipe, "recipe_overrides": RECIPES[args.recipe],
            "seed": args.seed, "samples": args.samples, "sampler": "dpmpp_2m", "sampler_steps": 50, "points": points}
     (out / "curve.json").write_text(json.dumps(run, indent=2))

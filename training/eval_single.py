@@ -2,8 +2,9 @@
 
 For each model, N samples at its training size are compared with its training image (from --images, in the order
 of the models, or the path the checkpoint recorded). SIFID: Fréchet distance over the spatial positions of the
-first-pooling-block features of InceptionV3 (weights from --inception FILE), else of a fixed random conv stack,
-labelled as a substitute and not comparable to published figures. Diversity: mean pairwise LPIPS between the
+first-pooling-block features of InceptionV3 (weights from --inception FILE), else of the early stages of a CNN
+encoder file (--sifid-encoder, e.g. the demo's EfficientNet-Lite0), else of a fixed random conv stack; both
+substitutes are labelled and not comparable to published figures. Diversity: mean pairwise LPIPS between the
 samples (weights from --lpips FILE), else mean pairwise pixel L1, labelled. SIFID is very sensitive to outliers, so
 every image gets its median and interquartile range, not only the mean.
 """
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampling steps (default: 50, or all 1000 DDPM timesteps for --sampler ddpm)")
     parser.add_argument("--seed", type=int, default=0, help="sample k of a model uses seed + k")
     parser.add_argument("--inception", default=None, help="InceptionV3 weights (.safetensors, torchvision layout)")
+    parser.add_argument("--sifid-encoder", default=None,
+                        help="CNN encoder file whose stride-4 features SIFID uses when there are no Inception weights")
     parser.add_argument("--lpips", default=None, help="LPIPS-Alex weights (.safetensors)")
     add_device(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="samples drawn at once")
@@ -42,30 +45,41 @@ def quartiles(values) -> dict:
     return {"mean": float(values.mean()), "median": median, "q25": q25, "q75": q75, "iqr": q75 - q25}
 
 
-def evaluate_model(model, real, *, samples, sampler, steps, seed, feature_net, distance, batch_size) -> dict:
-    """SIFID per sample and pairwise diversity of `samples` samples of `model` against `real` [1,3,H,W] in [0, 1]."""
+def draw_samples(model, width, height, *, samples, sampler, steps, seed, batch_size):
+    """`samples` samples of `model` at width x height, sample k from seed + k (so batching does not change them)."""
     import torch
 
-    from semantica_core.metrics.diversity import pairwise_distances
-    from semantica_core.metrics.sifid import sifid
     from semantica_core.single_image import sample_single_image
 
-    height, width = real.shape[-2:]
     chunks = []
     for start in range(0, samples, batch_size):
         n = min(batch_size, samples - start)
         chunks.append(sample_single_image(
             model, seed=seed + start, count=n, width=width, height=height, steps=steps, sampler=sampler
         ).cpu())
-    fakes = torch.cat(chunks)
+    return torch.cat(chunks)
+
+
+def evaluate_model(model, real, *, samples, sampler, steps, seed, feature_net, distance, batch_size) -> dict:
+    """SIFID per sample and pairwise diversity of `samples` samples of `model` against `real` [1,3,H,W] in [0, 1]."""
+    height, width = real.shape[-2:]
+    fakes = draw_samples(model, width, height, samples=samples, sampler=sampler, steps=steps, seed=seed,
+                         batch_size=batch_size)
+    return measure_samples(fakes, real, feature_net, distance)
+
+
+def measure_samples(fakes, real, feature_net, distance) -> dict:
+    """SIFID of each of `fakes` against `real` and their pairwise diversity."""
+    from semantica_core.metrics.diversity import pairwise_distances
+    from semantica_core.metrics.sifid import sifid
+
     sifids = sifid(feature_net, real, fakes)
-    distances = pairwise_distances(fakes, distance)
     return {
         "sifid": quartiles(sifids),
         "sifid_per_sample": [float(v) for v in sifids],
-        "diversity": quartiles(distances),
-        "samples": samples,
-        "size": [int(width), int(height)],
+        "diversity": quartiles(pairwise_distances(fakes, distance)),
+        "samples": len(fakes),
+        "size": [int(fakes.shape[-1]), int(fakes.shape[-2])],
     }
 
 
@@ -84,7 +98,7 @@ def run(args) -> int:
     if args.samples < 2:
         raise ValueError("--samples must be at least 2 (diversity compares pairs)")
     device = resolve_device(args.device)
-    feature_net = sifid_feature_network(args.inception).to(device)
+    feature_net = sifid_feature_network(args.inception, args.sifid_encoder).to(device)
     distance = load_lpips(args.lpips).to(device) if args.lpips else "l1"
     sifid_label = feature_net.label
     diversity_label = distance.label if args.lpips else PIXEL_L1_LABEL

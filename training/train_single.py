@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="long side of the training image in px (default: 250, or 112 for the tiny preset)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 8")
-    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 5e-4)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="AdamW peak learning rate (default: the preset's; tiny 2e-3, sindiffusion 5e-4)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the weights, scales and noise (default 0)")
     parser.add_argument("--prediction", default=None, choices=["eps", "v", "x0"],
                         help="network target (default: eps for sindiffusion as the paper, v for sindiffusion_tiny)")

@@ -1,8 +1,9 @@
 """SIFID: the Fréchet distance between the feature vectors at all spatial positions of a real and a generated image.
 
 The published metric (SinGAN, SinDiffusion) uses the 64-channel output of InceptionV3's first pooling block. Its
-weights cannot be downloaded here, so they come from a user-supplied file; without one, a fixed random-weight conv
-stack of the same shape stands in, and every figure it gives is labelled as a substitute.
+weights cannot be downloaded here, so they come from a user-supplied file. Two labelled substitutes stand in
+without one: the early stages of a CNN image encoder file (EfficientNet-Lite0, ImageNet-trained, ships with the
+demo), or a fixed random-weight conv stack of the Inception block's shape. Neither is comparable to published SIFID.
 """
 from __future__ import annotations
 
@@ -72,6 +73,53 @@ class RandomConvFeatures(nn.Module):
         return F.max_pool2d(x, kernel_size=3, stride=2)
 
 
+class EncoderEarlyFeatures(nn.Module):
+    """A CNN encoder's stem and first blocks, down to stride 4: learned features at the scale of Inception's first
+    block. Learned features tell a sample with the photo's structure from colour soup better than random ones do.
+
+    Needs a timm EfficientNet-style module (conv_stem, bn1, blocks); input [B,3,H,W] in [0, 1], normalized with the
+    encoder's own mean and std, no resize.
+    """
+
+    comparable = False
+
+    def __init__(self, encoder):
+        super().__init__()
+        module = encoder.module
+        if not all(hasattr(module, name) for name in ("conv_stem", "bn1", "blocks")):
+            raise ValueError(
+                f"SIFID features need a CNN encoder with conv_stem, bn1 and blocks (an EfficientNet); "
+                f"{encoder.spec.arch} has no such stages. Use the EfficientNet-Lite0 encoder file."
+            )
+        layers, stride = [module.conv_stem, module.bn1], 2
+        for block in module.blocks:
+            block_stride = _stride(block)
+            if stride * block_stride > 4:
+                break
+            layers.append(block)
+            stride *= block_stride
+        self.layers = nn.Sequential(*layers)
+        preprocess = encoder.spec.preprocess
+        self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1))
+        channels = self.layers(torch.zeros(1, 3, 32, 32)).shape[1]
+        self.label = (f"{encoder.spec.arch} stride-{stride} features, {channels} dims "
+                      "(learned substitute, not comparable to published SIFID)")
+        self.eval().requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers((images - self.mean) / self.std)
+
+
+def _stride(block: nn.Module) -> int:
+    """The product of a block's conv strides (timm blocks downsample in one conv)."""
+    stride = 1
+    for layer in block.modules():
+        if isinstance(layer, nn.Conv2d):
+            stride *= layer.stride[0]
+    return stride
+
+
 def load_inception_first_block(path: Union[str, Path]) -> InceptionFirstBlock:
     """InceptionFirstBlock with weights from a safetensors file holding a torchvision-layout InceptionV3 state dict.
 
@@ -100,10 +148,19 @@ def load_inception_first_block(path: Union[str, Path]) -> InceptionFirstBlock:
     return net.eval().requires_grad_(False)
 
 
-def sifid_feature_network(inception_path: Optional[Union[str, Path]] = None) -> nn.Module:
-    """The Inception first block from a file when given, else the labelled substitute. Check `.comparable`."""
+def sifid_feature_network(
+    inception_path: Optional[Union[str, Path]] = None, encoder_path: Optional[Union[str, Path]] = None
+) -> nn.Module:
+    """The Inception first block from a file, else an encoder file's early stages, else the random-conv substitute.
+    Check `.comparable` and `.label`."""
+    if inception_path and encoder_path:
+        raise ValueError("give the Inception weights or an encoder file for SIFID features, not both")
     if inception_path:
         return load_inception_first_block(inception_path)
+    if encoder_path:
+        from semantica_core.encoders import load_encoder
+
+        return EncoderEarlyFeatures(load_encoder(encoder_path))
     return RandomConvFeatures().eval()
 
 
