@@ -164,6 +164,6 @@ def test_train_single_resume_refuses_a_contradicting_flag_unless_override(tmp_pa
               "--batch-size", "2", "--device", "cpu"]
     assert main(common + ["--max-steps", "1"]) == 0
     assert main(common + ["--max-steps", "2", "--resume", "--lr", "0.01"]) == 2
-    _one_error_line(capsys.readouterr().err, "--lr 0.01 (stored: 0.0005)", "--override")
+    _one_error_line(capsys.readouterr().err, "--lr 0.01 (stored: 0.002)", "--override")
     assert main(common + ["--max-steps", "2", "--resume", "--lr", "0.01", "--override"]) == 0
     assert "--override: continuing with --lr 0.01" in capsys.readouterr().err
