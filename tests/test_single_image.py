@@ -35,8 +35,8 @@ from semantica_core.single_image_train import (
     train_single_image,
 )
 from semantica_core.single_image import outpaint, sample_single_image
+from tools.sindiffusion_curve import DEMO_ENCODER
 
-DEMO_ENCODER = Path(__file__).resolve().parents[1] / "models" / "demo" / "encoders" / "efficientnet-lite0.safetensors"
 TRAIN_STEPS = 200
 TRAIN_SIDE = 64
 
