@@ -212,3 +212,38 @@ def test_embedding_cache_then_training_with_filtering(assets):
     counts = summary["data"]["counts"]
     assert counts["pairs_near_duplicate"] > 0 and counts["pairs_used"] == 16
     assert counts["images_missing_from_cache"] > 0  # the bad images were skipped by `semantica embed`
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_an_earlier_models_raw_weights_and_refuses_another_network(assets):
+    from safetensors.torch import load_file
+
+    from semantica_core.checkpoint import load_checkpoint
+
+    source = assets["root"] / "run-source"
+    _run(_train_args(assets, source, "--max-steps", "3", "--checkpoint-every", "3"))
+    # With a learning rate of 0 the optimizer moves nothing: the run ends on exactly the source's raw weights.
+    out = assets["root"] / "run-init"
+    _run(_train_args(assets, out, "--max-steps", "2", "--checkpoint-every", "2", "--set", "optim.lr=0",
+                     "--init-from", str(source / "model.safetensors")))
+    started = load_checkpoint(out / "model.safetensors", weights="raw")
+    assert started.training_info["init_from"] == str(source / "model.safetensors")
+    assert started.training_info["init_from_steps"] == 3
+    expected = load_checkpoint(source / "model.safetensors", weights="raw").network.state_dict()
+    for name, tensor in started.network.state_dict().items():
+        assert tensor.equal(expected[name]), name
+    assert load_file(out / "model.safetensors").keys() == load_file(source / "model.safetensors").keys()
+
+    other = subprocess.run(
+        [sys.executable, "-m", "training.train_pairs"]
+        + _train_args(assets, assets["root"] / "run-other", "--max-steps", "1",
+                      "--set", "model.network.base_channels=64",
+                      "--init-from", str(source / "model.safetensors")),
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert other.returncode != 0
+    assert "model.init_from" in other.stderr and "base_channels" in other.stderr, other.stderr[-2000:]
+    missing = subprocess.run(
+        [sys.executable, "-m", "training.train_pairs"]
+        + _train_args(assets, assets["root"] / "run-missing", "--max-steps", "1", "--init-from", "nowhere.safetensors"),
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert missing.returncode != 0 and "no file nowhere.safetensors" in missing.stderr, missing.stderr[-2000:]

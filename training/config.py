@@ -52,6 +52,9 @@ class ModelConfig:
     encoder: str = ""  # frozen encoder file (semantica encoder export); optional with a cache
     network: dict = field(default_factory=dict)  # overrides of the network config (UNetConfig fields)
     diffusion: dict = field(default_factory=dict)  # overrides of the diffusion config (DiffusionConfig.to_dict())
+    # a pair model file (model.safetensors of an earlier run) whose raw weights the network starts from, with a new
+    # optimizer, schedule and EMA; its network, diffusion and encoder must be this run's
+    init_from: str = ""
 
 
 @dataclass
@@ -151,6 +154,7 @@ FLAG_KEYS = {
     "pairing": "data.pairing",
     "num_workers": "data.num_workers",
     "encoder": "model.encoder",
+    "init_from": "model.init_from",
     "max_steps": "train.max_steps",
     "batch_size": "train.batch_size",
     "grad_accum": "train.grad_accum",

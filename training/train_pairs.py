@@ -140,6 +140,38 @@ class Condition:
         return [image for _, image in kept], embeds
 
 
+def load_initial_weights(network: nn.Module, net_cfg, diff_cfg, encoder_id: str, path: str) -> dict:
+    """Loads the raw weights of the pair model file `path` into `network` (model.init_from); returns the file's
+    training info. Stops with a ConfigError naming the first difference when the file's network, diffusion or encoder
+    is not this run's."""
+    from semantica_core.checkpoint import load_checkpoint
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.init_from: no file {path}; give the model.safetensors of an earlier run")
+    source = load_checkpoint(path, weights="raw")  # checks the file itself (CheckpointError names what is wrong)
+    if source.kind != "pair_conditioned":
+        raise ConfigError(f"model.init_from: {path} is a {source.kind} model; `train pairs` starts only from a pair "
+                          f"model")
+    same = lambda value: json.loads(json.dumps(value))  # tuples and lists compare alike
+    wanted = {"network": dataclasses.replace(net_cfg, gradient_checkpointing=False).to_dict(),
+              "diffusion": diff_cfg.to_dict()}
+    stored = {"network": source.network_config, "diffusion": source.diffusion_config}
+    for part in wanted:
+        a, b = same(stored[part]), same(wanted[part])
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                raise ConfigError(
+                    f"model.init_from: {path} has {part} {key}={a.get(key)!r} but this run's config gives "
+                    f"{b.get(key)!r}; use the preset and model.{part} overrides it was trained with"
+                )
+    stored_encoder = (source.encoder_info or {}).get("encoder_id")
+    if stored_encoder != encoder_id:
+        raise ConfigError(f"model.init_from: {path} was trained on encoder '{stored_encoder}' but this run's is "
+                          f"'{encoder_id}'; start from a model of the same encoder")
+    network.load_state_dict(source.network.state_dict(), strict=True)
+    return dict(source.training_info or {})
+
+
 def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
     """Multiplier of optim.lr at optimizer step `step` (0-based): linear warmup, then constant or cosine."""
     if optim.warmup_steps > 0 and step < optim.warmup_steps:
@@ -372,6 +404,11 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     # weights, AdamW state and EMA stay float32.
     bf16 = precision == "bf16"
     net_precision = Precision(device.type, torch.bfloat16 if bf16 else None, bf16 and not pickled_state)
+    init_info = None
+    if c.model.init_from and not resume_dir:  # a resumed run's checkpoint holds the weights
+        init_info = load_initial_weights(network, net_cfg, diff_cfg, condition.info["encoder_id"], c.model.init_from)
+        log(f"[train] network starts from the raw weights of {c.model.init_from} "
+            f"({init_info.get('steps', '?')} steps); new optimizer, schedule and EMA")
     net_precision.prepare(network)  # before accelerate wraps it
     if c.train.compile:
         network.compile()  # in place: state_dict keys stay those of the plain network
@@ -494,7 +531,8 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
             state_dict=raw, ema_state_dict=ema_state, encoder_info=condition.info,
             training_info={"steps": run.step, "images_seen": run.images_seen, "resolution": net_cfg.resolution,
                            "preset": c.model.preset, "pairing": c.data.pairing, "data": c.data.path,
-                           "ema_decay": c.ema.decay},
+                           "ema_decay": c.ema.decay, "init_from": c.model.init_from or None,
+                           "init_from_steps": (init_info or {}).get("steps")},
         )
         summary = {
             "steps": run.step, "start_step": start_step, "resumed_from": resume_dir, "processes": world,
@@ -525,6 +563,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML or YAML config file (sections data, model, optim, ema, train, sample)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=2e-4 --set model.network.base_channels=64")
+    parser.add_argument("--init-from", metavar="MODEL",
+                        help="start the network from this pair model file's raw weights (model.init_from)")
     parser.add_argument("--pairing", choices=["pairs", "reconstruct"], help="reconstruct = the paper's baseline")
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--batch-size", type=int, help="per process")
