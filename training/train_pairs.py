@@ -152,18 +152,17 @@ def load_initial_weights(network: nn.Module, net_cfg, diff_cfg, encoder_id: str,
     if source.kind != "pair_conditioned":
         raise ConfigError(f"model.init_from: {path} is a {source.kind} model; `train pairs` starts only from a pair "
                           f"model")
-    same = lambda value: json.loads(json.dumps(value))  # tuples and lists compare alike
-    wanted = {"network": dataclasses.replace(net_cfg, gradient_checkpointing=False).to_dict(),
-              "diffusion": diff_cfg.to_dict()}
-    stored = {"network": source.network_config, "diffusion": source.diffusion_config}
-    for part in wanted:
-        a, b = same(stored[part]), same(wanted[part])
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                raise ConfigError(
-                    f"model.init_from: {path} has {part} {key}={a.get(key)!r} but this run's config gives "
-                    f"{b.get(key)!r}; use the preset and model.{part} overrides it was trained with"
-                )
+    # the json round trip makes tuples and lists compare alike
+    flat = lambda network, diffusion: json.loads(json.dumps(
+        {**{f"network {k}": v for k, v in network.items()}, **{f"diffusion {k}": v for k, v in diffusion.items()}}))
+    stored = flat(source.network_config, source.diffusion_config)
+    wanted = flat(dataclasses.replace(net_cfg, gradient_checkpointing=False).to_dict(), diff_cfg.to_dict())
+    for key in sorted(set(stored) | set(wanted)):
+        if stored.get(key) != wanted.get(key):
+            raise ConfigError(
+                f"model.init_from: {path} has {key}={stored.get(key)!r} but this run's config gives "
+                f"{wanted.get(key)!r}; use the preset and model.network / model.diffusion overrides it was trained with"
+            )
     stored_encoder = (source.encoder_info or {}).get("encoder_id")
     if stored_encoder != encoder_id:
         raise ConfigError(f"model.init_from: {path} was trained on encoder '{stored_encoder}' but this run's is "
