@@ -233,6 +233,11 @@ def test_init_from_starts_from_an_earlier_models_raw_weights_and_refuses_another
     for name, tensor in started.network.state_dict().items():
         assert tensor.equal(expected[name]), name
     assert load_file(out / "model.safetensors").keys() == load_file(source / "model.safetensors").keys()
+    # Resumed, the run takes its weights from its checkpoint, and still says where they started.
+    _run(_train_args(assets, out, "--max-steps", "3", "--checkpoint-every", "2", "--set", "optim.lr=0",
+                     "--init-from", str(source / "model.safetensors"), "--resume"))
+    resumed = load_checkpoint(out / "model.safetensors", weights="raw").training_info
+    assert (resumed["steps"], resumed["init_from_steps"]) == (3, 3)
 
     other = subprocess.run(
         [sys.executable, "-m", "training.train_pairs"]

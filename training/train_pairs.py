@@ -231,6 +231,7 @@ class Run:
     step: int = 0
     images_seen: int = 0
     seconds: float = 0.0  # training time before this process started (resumed runs)
+    init_from_steps: Optional[int] = None  # the steps of the model.init_from file; kept in checkpoints for --resume
 
     @property
     def rank(self) -> int:
@@ -270,7 +271,8 @@ def save_checkpoint(run: Run, seconds: float, log) -> None:
         if acc.is_main_process:
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
             info.update(images_seen=run.images_seen, seconds=seconds, world_size=acc.num_processes, scaler=scaler,
-                        state="accelerate" if run.pickled_state else "safetensors")
+                        state="accelerate" if run.pickled_state else "safetensors",
+                        init_from_steps=run.init_from_steps)
         own_ema = acc.is_main_process or run.pickled_state  # under DDP every process holds process 0's EMA
         main = acc.is_main_process and not run.pickled_state  # the weights and optimizer of DDP: process 0's
         save_train_state(
@@ -308,6 +310,7 @@ def load_checkpoint(run: Run, checkpoint: str) -> Optional[dict]:
         own.load_rng({"noise": run.generator}, global_rng=True)  # fewer processes before: process 0's streams
     (own if own.has("ema") else main).load_ema(run.ema)
     run.step, run.images_seen, run.seconds = main.step, main.info["images_seen"], main.info.get("seconds", 0.0)
+    run.init_from_steps = main.info.get("init_from_steps")
     return own.info.get("data") if own is not main or run.rank == 0 else None
 
 
@@ -440,7 +443,8 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     )
 
     # -- resume ------------------------------------------------------------------------------------------------------
-    run = Run(c, accelerator, loss_module, optimizer, ema, generator, None, pickled_state)
+    run = Run(c, accelerator, loss_module, optimizer, ema, generator, None, pickled_state,
+              init_from_steps=(init_info or {}).get("steps"))
     data_state = load_checkpoint(run, resume_dir) if resume_dir else None
     if resume_dir:
         log(f"[train] resumed from {resume_dir} at step {run.step}")
@@ -531,7 +535,7 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
             training_info={"steps": run.step, "images_seen": run.images_seen, "resolution": net_cfg.resolution,
                            "preset": c.model.preset, "pairing": c.data.pairing, "data": c.data.path,
                            "ema_decay": c.ema.decay, "init_from": c.model.init_from or None,
-                           "init_from_steps": (init_info or {}).get("steps")},
+                           "init_from_steps": run.init_from_steps},
         )
         summary = {
             "steps": run.step, "start_step": start_step, "resumed_from": resume_dir, "processes": world,
