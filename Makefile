@@ -76,13 +76,14 @@ encoder-comparison: setup
 		$(PYTHON) -m training.cli embed --data out/demo-data/train --encoder $(CMP_WORK)/$$enc.safetensors \
 			--output $(CMP_WORK)/cache-$$enc --num-workers 0 --batch-size 50 || exit 1; \
 	done
+	# Side by side, one thread each; the target fails if any run does (a bare `wait` returns 0 whatever they did).
 	OMP_NUM_THREADS=1 $(PYTHON) -m training.cli train pairs $(CMP_TRAIN) --pairing pairs \
-		--cache $(CMP_WORK)/cache-efficientnet-lite0 --output $(CMP_WORK)/effnet-pairs & \
+		--cache $(CMP_WORK)/cache-efficientnet-lite0 --output $(CMP_WORK)/effnet-pairs & a=$$!; \
 	OMP_NUM_THREADS=1 $(PYTHON) -m training.cli train pairs $(CMP_TRAIN) --pairing pairs \
-		--cache $(CMP_WORK)/cache-dinov2-vits14-112 --output $(CMP_WORK)/dinov2-pairs & \
+		--cache $(CMP_WORK)/cache-dinov2-vits14-112 --output $(CMP_WORK)/dinov2-pairs & b=$$!; \
 	OMP_NUM_THREADS=1 $(PYTHON) -m training.cli train pairs $(CMP_TRAIN) --pairing reconstruct \
-		--cache $(CMP_WORK)/cache-dinov2-vits14-112 --output $(CMP_WORK)/dinov2-reconstruct & \
-	wait
+		--cache $(CMP_WORK)/cache-dinov2-vits14-112 --output $(CMP_WORK)/dinov2-reconstruct & c=$$!; \
+	failed=0; for job in $$a $$b $$c; do wait $$job || failed=1; done; [ $$failed -eq 0 ]
 	$(PYTHON) -m training.cli eval variations \
 		--model $(CMP_WORK)/effnet-pairs/model.safetensors --encoder $(CMP_WORK)/efficientnet-lite0.safetensors \
 		--model $(CMP_WORK)/dinov2-pairs/model.safetensors --encoder $(CMP_WORK)/dinov2-vits14-112.safetensors \
