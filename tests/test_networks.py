@@ -80,6 +80,28 @@ def test_condition_reaches_the_output_through_tokens_and_pooled():
         assert (net(x, c, tokens, pooled * 2) - base).abs().max() > 1e-3
 
 
+def test_token_layout_reads_where_each_token_sits():
+    net = small_unet(token_layout=True, num_tokens=5)
+    x, c, tokens, pooled = inputs(3)
+    swapped = tokens[:, [1, 0, 2, 3, 4]]  # the same set of tokens, two of them at each other's place
+    drop = torch.tensor([True, False, True])
+    with torch.no_grad():
+        base = net(x, c, tokens, pooled)
+        assert (net(x, c, swapped, pooled) - base).abs().max() > 1e-3
+        # Null rows: the same with any condition, and the same as tokens=None (which fills the whole grid).
+        out = net(x, c, tokens, pooled, drop_cond=drop)
+        out_none = net(x, c)
+    torch.testing.assert_close(out[drop], out_none[drop], atol=1e-5, rtol=0)
+    # Without the layout the network reads an unordered set: swapping tokens changes nothing.
+    plain = small_unet()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x, c, swapped, pooled), plain(x, c, tokens, pooled), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="reads a grid of 5 tokens; got 4"):
+        net(x, c, tokens[:, :4], pooled)
+    with pytest.raises(ValueError, match="token_layout needs num_tokens"):
+        small_config(token_layout=True)
+
+
 def test_bad_inputs_raise_clear_errors():
     net = small_unet(channel_mult=(1, 2, 2), attention_resolutions=(8, 4))
     assert net.required_multiple() == 4

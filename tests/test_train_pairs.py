@@ -34,6 +34,11 @@ def test_presets_resolve_and_build_model_configs():
     assert base256.train.precision == "bf16" and base256.train.gradient_checkpointing
     net, _ = build_model_configs(base256, 8, 8)
     assert net.gradient_checkpointing
+    # The token grid is opt-in; the encoder's token count is filled in only then.
+    assert (net.token_layout, net.num_tokens) == (False, 0)
+    grid = resolve_config("tiny", sets=["model.network.token_layout=true"], flags={"data": "d", "encoder": "e"})
+    net, _ = build_model_configs(grid, 8, 8, num_tokens=49)
+    assert (net.token_layout, net.num_tokens) == (True, 49)
 
 
 def test_config_file_set_and_flags_in_order(tmp_path):

@@ -239,8 +239,9 @@ def config_conflicts(stored: dict, new: dict) -> list[str]:
     return conflicts
 
 
-def build_model_configs(config: PairTrainingConfig, token_dim: int, pooled_dim: int):
-    """(network config, diffusion config): the model preset with the config's overrides applied."""
+def build_model_configs(config: PairTrainingConfig, token_dim: int, pooled_dim: int, num_tokens: int = 0):
+    """(network config, diffusion config): the model preset with the config's overrides applied; the encoder's
+    num_tokens goes into the network config when model.network.token_layout asks for the token grid."""
     from semantica_core.diffusion import DiffusionConfig
     from semantica_core.networks import UNetConfig
     from semantica_core.presets import default_diffusion_config, network_preset
@@ -250,6 +251,8 @@ def build_model_configs(config: PairTrainingConfig, token_dim: int, pooled_dim: 
     except (KeyError, ValueError) as error:
         raise ConfigError(f"model.preset: {error}") from None
     overrides = {**config.model.network, "gradient_checkpointing": bool(config.train.gradient_checkpointing)}
+    if overrides.get("token_layout") and "num_tokens" not in overrides:
+        overrides["num_tokens"] = int(num_tokens)
     try:
         net = UNetConfig.from_dict({**net.to_dict(), **overrides})
     except (TypeError, ValueError) as error:

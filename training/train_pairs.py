@@ -394,7 +394,8 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
 
     # -- model: network, its precision, the loss, the optimizer, the EMA ---------------------------------------------
     condition = Condition(c, device, precision, log)
-    net_cfg, diff_cfg = build_model_configs(c, condition.info["token_dim"], condition.info["pooled_dim"])
+    net_cfg, diff_cfg = build_model_configs(c, condition.info["token_dim"], condition.info["pooled_dim"],
+                                            condition.info["num_tokens"])
     network = PairConditionedUNet(net_cfg)
     check_fits(
         training_bytes(network, c.train.batch_size, net_cfg.resolution, net_cfg.resolution,
