@@ -168,6 +168,13 @@ def test_eval_variations_end_to_end_with_random_models(tmp_path):
     assert metrics["diversity_l1"] > 0  # different seeds give different images
     table = format_table(result)
     assert "few-shot" in table and "diversity" in table and "±" in table
+    # Per class of the condition: every class is there, and weighted by its conditions they make the overall figure.
+    counts = [2, 2] + [1] * 8  # labels i % 10 for i < 12
+    for seed_metrics in entry["seeds"]:
+        per_class = [seed_metrics[f"consistency_class_{c}"] for c in range(10)]
+        assert sum(n * v for n, v in zip(counts, per_class)) / 12 == pytest.approx(
+            seed_metrics["consistency_classifier"])
+    assert "consistency by the condition's class, m: 0: " in table
 
     # Models trained with another encoder are refused with what to do.
     other = tmp_path / "other.safetensors"

@@ -234,6 +234,9 @@ def variation_metrics(conditions, condition_embeds, variations, labels, classifi
         cond_predicted = classifier.predict(conditions)
         metrics["consistency_classifier_vs_condition_prediction"] = float(vm.label_agreement(cond_predicted, predicted))
         metrics["classifier_accuracy_on_conditions"] = float((cond_predicted == labels).double().mean())
+        # Where the misses are: on the demo digits they gather in one class (a 5 drawn as a 3), not spread evenly.
+        per_class = vm.per_class_agreement(labels, predicted, classifier.num_classes)
+        metrics.update({f"consistency_class_{c}": float(v) for c, v in enumerate(per_class) if not torch.isnan(v)})
     variation_features = encode(encoder, flat).pooled.reshape(n, k, -1)
     metrics["consistency_encoder_cosine"] = float(vm.feature_consistency(condition_embeds.pooled, variation_features))
     metrics["unrelated_encoder_cosine"] = float(vm.baseline_similarity(condition_embeds.pooled))
@@ -411,6 +414,12 @@ def format_table(result: dict, names: Optional[dict] = None) -> str:
         spread = result["reference"].get("few_shot_fd_real_images_spread", 0.0)
         label = "  (few-shot FD of as many real held-out images)"
         lines.append(f"{label.ljust(label_width)}  {cell(real, spread, '{:.2f}').rjust(width)}")
+    for path, header in zip(paths, headers):
+        mean = result["models"][path]["mean"]
+        classes = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in mean.items() if k.startswith("consistency_class_"))
+        if classes:
+            lines.append(f"consistency by the condition's class, {header}: "
+                         + "  ".join(f"{c}: {v:.2f}" for c, v in classes))
     return "\n".join(lines)
 
 
