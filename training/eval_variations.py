@@ -247,7 +247,8 @@ def variation_metrics(conditions, condition_embeds, variations, labels, classifi
 
 def mean_and_spread(per_seed: list[dict]) -> tuple[dict, dict]:
     """(mean, standard deviation over seeds) of every numeric metric; the spread is 0 for one seed."""
-    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float))]
+    # Only what every seed has: a class can be missing from one seed's random draw of conditions.
+    keys = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and all(k in m for m in per_seed)]
     values = {k: torch.tensor([float(m[k]) for m in per_seed], dtype=torch.float64) for k in keys}
     mean = {k: float(v.mean()) for k, v in values.items()}
     spread = {k: float(v.std(unbiased=True)) if len(v) > 1 else 0.0 for k, v in values.items()}
