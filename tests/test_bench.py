@@ -71,6 +71,19 @@ def test_sampler_benchmark_counts_network_evaluations(tmp_path):
     assert len(bench.sampler_rows(result)) == 3
 
 
+def test_batch_benchmark_times_split_and_whole_calls():
+    from training.benchmarks import batch
+
+    results = batch.split_against_whole(REPO / "models/demo/mnist-pairs.safetensors",
+                                        REPO / "models/demo/encoders/efficientnet-lite0.safetensors",
+                                        batches=(2, 40), repeats=1)
+    assert [r["batch"] for r in results] == [2, 40]
+    assert [r["rows_per_call"] for r in results] == [4, 32]  # 32 px: 32 rows per CPU call; guidance doubles rows
+    assert all(r["split_ms"] > 0 and r["whole_ms"] > 0 for r in results)
+    rows = bench.batch_rows(results)
+    assert rows[1][0] == "guided forward, 40 images (ms/image)" and "calls of 32 rows vs one call of 80" in rows[1][3]
+
+
 @pytest.mark.slow
 @pytest.mark.host
 def test_node_overhead_times_both_sides_on_a_real_server():

@@ -208,6 +208,23 @@ def make_denoiser(kind="vp_cosine", prediction="eps"):
     return Denoiser(TinyNet(), DiffusionConfig(ScheduleConfig(kind=kind), prediction))
 
 
+def test_cpu_splits_large_batches_into_calls_with_the_same_numbers(monkeypatch):
+    """On a CPU a batch above denoiser.CPU_PIXELS_PER_CALL runs as several network calls (cache-sized); every row
+    gets what it gets alone, guidance rows included."""
+    from semantica_core.diffusion import denoiser as denoiser_module
+
+    denoiser = make_denoiser()
+    net = denoiser.network
+    x, sigma, embeds = torch.randn(5, 3, 8, 8), torch.linspace(0.5, 9.0, 5), make_embeds(5)
+    monkeypatch.setattr(denoiser_module, "CPU_PIXELS_PER_CALL", 4 * 8 * 8)  # 4 rows of 8x8 per call
+    with torch.no_grad():
+        guided = denoiser(x, sigma, embeds, guidance_scale=2.0)
+        assert [c["rows"] for c in net.calls] == [4, 4, 2]  # the 10 cond + null rows
+        alone = torch.cat([denoiser(x[i:i + 1], sigma[i:i + 1], embeds.select(torch.tensor([i])), guidance_scale=2.0)
+                           for i in range(5)])
+    torch.testing.assert_close(guided, alone)  # float32's tolerances: a batch's conv may pick another kernel
+
+
 def test_guidance_is_one_batched_forward():
     denoiser = make_denoiser()
     net = denoiser.network

@@ -94,22 +94,22 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path, target: 
 
 def run_variations(client, object_info, model_name: str, digits: list[np.ndarray], count: int, steps: int,
                    seed: int) -> list[list[np.ndarray]]:
-    """workflows/semantica_image_variations.json once per digit; returns count images per digit."""
-    out = []
-    for i, digit in enumerate(digits):
-        api = load_workflow("semantica_image_variations.json", object_info)
-        name = client.upload_image(np.stack([digit] * 3, -1), name=f"demo_digit_{i}.png")
-        set_inputs(api, "LoadImage", image=name)
-        set_inputs(api, "SemanticaEncoderLoader", encoder_name=ENCODER_FILE)
-        set_inputs(api, "SemanticaUNetLoader", model_name=model_name, weights="ema")
-        # Ancestral sampling: on these small models it keeps the digit's class more often than dpmpp_2m
-        # (0.74 against 0.64 at 2,000 training steps, `semantica eval variations`).
-        set_inputs(api, "SemanticaVariationSampler", seed=seed + i * count, count=count, steps=steps, width=0, height=0,
-                   sampler="euler_ancestral", spacing="karras")
-        save_id = set_inputs(api, "SaveImage", filename_prefix=f"demo_{Path(model_name).stem}_{i}")
-        history = client.run(api, timeout=PROMPT_TIMEOUT)
-        out.append(client.get_images(history, save_id))
-    return out
+    """workflows/semantica_image_variations.json once on all digits, as LoadImage reads a multi-page image: one
+    batch; returns count images per digit (variation k of digit j has seed + j * count + k, as alone)."""
+    api = load_workflow("semantica_image_variations.json", object_info)
+    name = client.upload_image([np.stack([digit] * 3, -1) for digit in digits], name="demo_digits.tiff")
+    set_inputs(api, "LoadImage", image=name)
+    set_inputs(api, "SemanticaEncoderLoader", encoder_name=ENCODER_FILE)
+    set_inputs(api, "SemanticaUNetLoader", model_name=model_name, weights="ema")
+    # Ancestral sampling: on these small models it keeps the digit's class more often than dpmpp_2m
+    # (0.74 against 0.64 at 2,000 training steps, `semantica eval variations`).
+    set_inputs(api, "SemanticaVariationSampler", seed=seed, count=count, steps=steps, width=0, height=0,
+               sampler="euler_ancestral", spacing="karras")
+    save_id = set_inputs(api, "SaveImage", filename_prefix=f"demo_{Path(model_name).stem}")
+    images = client.get_images(client.run(api, timeout=PROMPT_TIMEOUT), save_id)
+    if len(images) != len(digits) * count:
+        raise RuntimeError(f"expected {len(digits) * count} variations from {model_name}, got {len(images)}")
+    return [images[j * count:(j + 1) * count] for j in range(len(digits))]
 
 
 def run_sdedit(client, object_info, model_name: str, painting: np.ndarray, steps: int, seed: int) -> list[np.ndarray]:
@@ -173,7 +173,7 @@ def run_single(client, object_info, models_dir: Path, seed: int, quick: bool):
     return rows, ""
 
 
-# A guard against a hung server, not a speed target: one prompt takes seconds on a quiet machine, minutes under load.
+# A guard against a hung server, not a speed target: one prompt takes under a minute on a quiet machine, more under load.
 PROMPT_TIMEOUT = 900
 SHEET_DIGITS = 10  # rows of digits on the contact sheet; the metrics use every digit
 

@@ -367,14 +367,20 @@ class ComfyClient:
         return images
 
     def upload_image(self, image, name: str | None = None) -> str:
-        """A file path or a uint8 array ([H, W] gray, [H, W, 3] RGB, [H, W, 4] RGBA) -> a name for LoadImage."""
+        """A file path, a uint8 array ([H, W] gray, [H, W, 3] RGB, [H, W, 4] RGBA) or a list of equal-sized arrays
+        -> a name for LoadImage. A list becomes one multi-page TIFF, which LoadImage reads as a batch."""
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
             data, name = path.read_bytes(), name or path.name
         else:
+            frames = [Image.fromarray(np.asarray(a, dtype=np.uint8)) for a in (image if isinstance(image, list) else [image])]
             buf = io.BytesIO()
-            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
-            data, name = buf.getvalue(), name or f"upload_{uuid.uuid4().hex[:12]}.png"
+            if len(frames) == 1:
+                frames[0].save(buf, format="PNG")
+            else:
+                frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:], compression="tiff_deflate")
+            suffix = ".png" if len(frames) == 1 else ".tiff"
+            data, name = buf.getvalue(), name or f"upload_{uuid.uuid4().hex[:12]}{suffix}"
         r = self.http.post(self.url + "/upload/image", files={"image": (name, data)},
                            data={"overwrite": "true", "type": "input"}, timeout=60)
         r.raise_for_status()

@@ -12,6 +12,9 @@
              demo model (models/demo/mnist-pairs.safetensors): quality = Fréchet distance to held-out digits in the
              demo classifier's 64-d features, the same conditions and seeds for every sampler:
              training/benchmarks/samplers.py.
+  batch      time per image of the guided sampling forward on the same model at batches of 4 to 200 images, split
+             into the CPU's cache-sized network calls (what the Denoiser does) against one call of the whole batch:
+             training/benchmarks/batch.py.
 The node overhead (through a real ComfyUI server) needs the checkout: `make bench` adds it (tools/bench.py).
 The default run is short (a few minutes on a CPU); each benchmark module takes larger settings on its own.
 """
@@ -24,7 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-PARTS = ("precision", "unet", "samplers")
+PARTS = ("precision", "unet", "samplers", "batch")
 Row = tuple[str, str, str, str]  # measurement, semantica, reference, notes
 
 
@@ -88,6 +91,13 @@ def sampler_rows(result: dict) -> list[Row]:
     return rows
 
 
+def batch_rows(results: list[dict]) -> list[Row]:
+    """Rows of training/benchmarks/batch.split_against_whole's results."""
+    return [(f"guided forward, {r['batch']} images (ms/image)", f"{r['split_ms']:.2f}", f"{r['whole_ms']:.2f}",
+             f"x{r['whole_ms'] / r['split_ms']:.2f}; split into calls of {r['rows_per_call']} rows vs one call of "
+             f"{2 * r['batch']}") for r in results]
+
+
 def format_rows(rows: list[Row]) -> str:
     headers = ("measurement", "semantica", "reference", "notes")
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(4)]
@@ -119,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser, parts=PARTS) -> None:
 
 
 def part_rows(part: str, args) -> list[Row]:
-    from training.benchmarks import precision, samplers, unet
+    from training.benchmarks import batch, precision, samplers, unet
 
     if part == "precision":
         return precision_rows(precision.run(args.device, "auto", repeats=args.repeats,
@@ -137,6 +147,12 @@ def part_rows(part: str, args) -> list[Row]:
         return sampler_rows(samplers.sampler_evaluations(
             Path(args.model), Path(args.classifier), Path(args.encoder), Path(args.data), args.conditions,
             args.per_condition, args.ddpm_steps, args.tolerance))
+    if part == "batch":
+        needed = [p for p in (args.model, args.encoder) if not Path(p).is_file()]
+        if needed:
+            return [("guided forward by batch", "skipped", "", f"needs {', '.join(needed)}")]
+        return batch_rows(batch.split_against_whole(Path(args.model), Path(args.encoder), args.device,
+                                                    repeats=args.repeats))
     raise ValueError(f"unknown part {part!r}")
 
 

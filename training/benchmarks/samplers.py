@@ -35,18 +35,18 @@ def sampler_evaluations(model_path: Path, classifier_path: Path, encoder_path: P
     embeds = encode(encoder, cond.repeat(1, 3, 1, 1))
     reference = classifier.feature_vectors(images)
 
-    calls = [0]
-    hook = model.network.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    rows = [0]  # rows through the network; a CPU splits a batch into several calls (denoiser.rows_per_call)
+    hook = model.network.register_forward_pre_hook(lambda _, args: rows.__setitem__(0, rows[0] + args[0].shape[0]))
 
     def quality(sampler: str, steps: int) -> dict:
-        calls[0] = 0
+        rows[0] = 0
         start = time.perf_counter()
         spacing = "uniform" if sampler == "ddpm" else "karras"
         out = sample_variations(model, embeds, seed=seed, count=per, steps=steps, guidance=1.0, sampler=sampler,
                                 spacing=spacing)
         seconds = time.perf_counter() - start
         fd = float(frechet_distance_features(classifier.feature_vectors(out), reference))
-        return {"steps": steps, "fd": fd, "evaluations": calls[0], "seconds": seconds}
+        return {"steps": steps, "fd": fd, "evaluations": rows[0] // (conditions * per), "seconds": seconds}
 
     try:
         ddpm = quality("ddpm", ddpm_steps)
