@@ -25,6 +25,7 @@ import comfy.supported_models_base
 
 from semantica_core.checkpoint import SemanticaModel, check_embeds_match
 from semantica_core.diffusion import ModelSampling
+from semantica_core.diffusion.denoiser import in_cpu_calls
 from semantica_core.networks.blocks import block_check
 from semantica_core.pipeline import network_on_any_size
 
@@ -78,17 +79,21 @@ class SemanticaDiffusionModel(nn.Module):
         return next(self.network.parameters()).dtype
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **conds):
-        condition = {}
+        tokens = pooled = drop = None
         null = conds.get(NULL)
         if self.conditioned and null is not None and not bool((null > 0.5).all()):
             # Null rows get the learned null condition inside the network, as in the core's guidance batch.
-            condition = {"tokens": context, "pooled": conds[POOLED], "drop_cond": null > 0.5}
+            tokens, pooled, drop = context, conds[POOLED], null > 0.5
+
+        def network(x, timesteps, tokens, pooled, drop):
+            return network_on_any_size(self.network, x, timesteps, tokens=tokens, pooled=pooled, drop_cond=drop)
+
         # The network runs as the Denoiser runs it (its precision: bf16 autocast and channels-last where the device
-        # has native bf16), so KSampler and our sampler nodes compute the same numbers.
+        # has native bf16; on a CPU, cache-sized calls), so KSampler and our sampler nodes compute the same numbers.
         precision = self._denoiser[0].resolved_precision(x.device)
         # Cancel takes effect between network blocks, not only between steps.
         with block_check(comfy.model_management.throw_exception_if_processing_interrupted), precision.autocast():
-            out = network_on_any_size(self.network, precision.input(x), timesteps, **condition)
+            out = in_cpu_calls(network, precision.input(x), timesteps, tokens, pooled, drop)
         return out.contiguous() if precision.channels_last else out  # the sampler's state stays in NCHW
 
 

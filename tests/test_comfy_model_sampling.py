@@ -105,6 +105,32 @@ def test_apply_model_is_our_denoiser(comfy_modules, tmp_path, kind, prediction):
         assert torch.allclose(base.apply_model(odd, sigma), expected, atol=5e-4)
 
 
+def test_apply_model_runs_in_the_denoisers_cpu_calls(comfy_modules, monkeypatch):
+    """A KSampler batch of cond and null rows above the CPU's call size runs as several network calls, as the
+    Denoiser runs it, and every row gets the batch's numbers."""
+    from semantica_core.checkpoint import load_checkpoint
+    from semantica_core.diffusion import denoiser as denoiser_module
+
+    _, comfy_model = comfy_modules
+    model = load_checkpoint(REPO_ROOT / "models" / "demo" / "mnist-pairs.safetensors")
+    base = comfy_model.comfy_model(model, "mnist-pairs.safetensors").model
+    g = torch.Generator().manual_seed(2)
+    sigma = torch.tensor([0.3, 1.0, 2.0, 5.0, 20.0])
+    x = torch.randn(5, 3, 32, 32, generator=g) * (1 + sigma.reshape(-1, 1, 1, 1))
+    conds = dict(c_crossattn=torch.randn(5, 49, 1280, generator=g), semantica_pooled=torch.randn(5, 1280, generator=g),
+                 semantica_null=torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0]))
+    rows = []
+    hook = model.network.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        whole = base.apply_model(x, sigma, **conds)
+        assert rows == [5]
+        monkeypatch.setattr(denoiser_module, "CPU_PIXELS_PER_CALL", 2 * 32 * 32)
+        split = base.apply_model(x, sigma, **conds)
+    hook.remove()
+    assert rows[1:] == [2, 2, 1]
+    torch.testing.assert_close(split, whole)  # float32's tolerances: a batch's conv may pick another kernel
+
+
 def test_a_pair_model_refuses_conditionings_it_cannot_use(comfy_modules):
     from semantica_core.checkpoint import EncoderMismatchError, load_checkpoint
 
