@@ -373,14 +373,14 @@ class ComfyClient:
             path = Path(image)
             data, name = path.read_bytes(), name or path.name
         else:
-            frames = [Image.fromarray(np.asarray(a, dtype=np.uint8)) for a in (image if isinstance(image, list) else [image])]
+            first, *more = [Image.fromarray(np.asarray(a, dtype=np.uint8))
+                            for a in (image if isinstance(image, list) else [image])]
             buf = io.BytesIO()
-            if len(frames) == 1:
-                frames[0].save(buf, format="PNG")
+            if more:
+                first.save(buf, format="TIFF", save_all=True, append_images=more, compression="tiff_deflate")
             else:
-                frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:], compression="tiff_deflate")
-            suffix = ".png" if len(frames) == 1 else ".tiff"
-            data, name = buf.getvalue(), name or f"upload_{uuid.uuid4().hex[:12]}{suffix}"
+                first.save(buf, format="PNG")
+            data, name = buf.getvalue(), name or f"upload_{uuid.uuid4().hex[:12]}{'.tiff' if more else '.png'}"
         r = self.http.post(self.url + "/upload/image", files={"image": (name, data)},
                            data={"overwrite": "true", "type": "input"}, timeout=60)
         r.raise_for_status()
