@@ -230,7 +230,7 @@ def init_train_state(image: torch.Tensor, config: SingleImageTrainConfig, device
         network = PatchUNet(PatchUNetConfig.from_dict(config.network))
     network.to(device).train()
     ema = EMA(network.named_parameters(), config.ema_decay)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=0.0)
+    optimizer = train_state.adamw(network.parameters(), device, lr=config.lr, weight_decay=0.0)
     return SingleImageTrainState(
         config=config,
         image=prepared,

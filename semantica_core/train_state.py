@@ -25,6 +25,14 @@ from .ema import EMA
 
 FORMAT = 2  # 1: the single-image state files before this module (read too, see _upgrade_v1)
 FORMAT_KEY = "semantica_train_state"
+IMPLEMENTATION_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def adamw(params, device, **options) -> torch.optim.AdamW:
+    """The trainers' AdamW, fused where torch has the kernel (CPU and CUDA): one kernel over all parameters instead
+    of torch's default on a CPU, a loop of small ops per tensor (5x the optimizer's time for the tiny presets). The
+    update is AdamW's to float32 rounding, and the state (step, two moments) has the same names and shapes."""
+    return torch.optim.AdamW(params, fused=torch.device(device).type in ("cpu", "cuda"), **options)
 
 
 def save_train_state(
@@ -107,7 +115,11 @@ class TrainState:
         for key, value in list(self.section("optimizer").items()) + list(meta["scalars"].items()):
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        # The saved hyperparameters, run by this optimizer's implementation (fused or not is how this process runs,
+        # not part of the run: a state saved before the fused AdamW, or on another device, resumes fused here).
+        groups = [{**saved, **{key: current[key] for key in IMPLEMENTATION_OPTIONS if key in current}}
+                  for saved, current in zip(meta["param_groups"], optimizer.param_groups)]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
 
     def load_rng(self, generators: Optional[dict[str, torch.Generator]] = None, global_rng: bool = False) -> None:
         """Restores the named generators (one saved on another device type restarts from its seed, with a warning)

@@ -84,6 +84,14 @@ def test_batch_benchmark_times_split_and_whole_calls():
     assert rows[1][0] == "guided forward, 40 images (ms/image)" and "calls of 32 rows vs one call of 80" in rows[1][3]
 
 
+
+def test_optimizer_benchmark_times_the_loop_and_the_fused_adamw():
+    from training.benchmarks import optimizer
+
+    (result,) = optimizer.loop_against_fused(repeats=1, workloads=("train-single",))
+    assert result["workload"] == "train-single" and result["parameters"] > 0
+    assert all(result[f"{key}_{part}_ms"] > 0 for key in ("loop", "fused") for part in ("step", "optimizer"))
+
 @pytest.mark.slow
 @pytest.mark.host
 def test_node_overhead_times_both_sides_on_a_real_server():

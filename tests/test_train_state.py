@@ -13,7 +13,7 @@ from semantica_core.single_image_train import (
     save_train_state,
     train_single_image,
 )
-from semantica_core.train_state import read_train_state
+from semantica_core.train_state import adamw, read_train_state
 from semantica_core.train_state import save_train_state as save_state
 
 
@@ -94,3 +94,41 @@ def test_old_pair_config_keys_are_read_under_their_new_names():
     messages = []
     rename_old_keys({"train": {"cpu": False}}, log=messages.append)
     assert messages == ["[config] train.cpu is deprecated; use train.device"]
+
+
+def test_the_trainers_adamw_is_fused_and_resumes_a_state_saved_before_it(tmp_path):
+    """The trainers' AdamW runs torch's fused kernel on a CPU, makes AdamW's updates (to float32 rounding), and a
+    state saved by the per-tensor AdamW of earlier versions resumes into it, fused, with the same next update."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    loop = torch.optim.AdamW(nets[0].parameters(), lr=1e-2, weight_decay=0.01, foreach=False)
+    fused = adamw(nets[1].parameters(), "cpu", lr=1e-2, weight_decay=0.01)
+    assert fused.param_groups[0]["fused"]
+    data = torch.randn(6, 16, 5)
+    eps = torch.finfo(torch.float32).eps
+
+    def step(net, optimizer, x):
+        optimizer.zero_grad()
+        net(x).square().mean().backward()
+        optimizer.step()
+
+    for x in data[:3]:
+        step(nets[0], loop, x)
+        step(nets[1], fused, x)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=64 * eps, atol=64 * eps * 1e-2)  # lr-sized updates, rounded apart
+
+    path = save_state(tmp_path / "s.safetensors", step=3, config={}, network=nets[0].state_dict(), optimizer=loop)
+    resumed = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    resumed_optimizer = adamw(resumed.parameters(), "cpu", lr=1.0)
+    saved = read_train_state(path)
+    saved.load_network(resumed)
+    saved.load_optimizer(resumed_optimizer)
+    group = resumed_optimizer.param_groups[0]
+    assert group["fused"] and (group["lr"], group["weight_decay"]) == (1e-2, 0.01)  # the run's values, fused
+    for x in data[3:]:
+        step(nets[0], loop, x)
+        step(resumed, resumed_optimizer, x)
+    for a, b in zip(nets[0].parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=64 * eps, atol=64 * eps * 1e-2)

@@ -368,6 +368,7 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
     from semantica_core.memory import check_fits, training_bytes
     from semantica_core.networks import PairConditionedUNet
     from semantica_core.precision import Precision
+    from semantica_core.train_state import adamw
     from training.data import DataError, DataPosition, DataStats, PairDataset, make_loader, open_source
     from training.sample_grid import SampleGrid, pick_holdout
 
@@ -417,8 +418,9 @@ def train(config: PairTrainingConfig, resume: Optional[str] = None) -> dict:
         network.compile()  # in place: state_dict keys stay those of the plain network
     loss_module = PairLoss(Denoiser(network, diff_cfg, net_precision), net_cfg.cond_drop_prob,
                            condition.info["encoder_id"])
-    optimizer = torch.optim.AdamW(
-        parameter_groups(network, c.optim.weight_decay), lr=c.optim.lr, betas=tuple(c.optim.betas), eps=c.optim.eps
+    optimizer = adamw(
+        parameter_groups(network, c.optim.weight_decay), device, lr=c.optim.lr, betas=tuple(c.optim.betas),
+        eps=c.optim.eps,
     )
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     ema = EMA(network_parameters(loss_module), c.ema.decay, c.ema.warmup)

@@ -34,6 +34,7 @@ from semantica_core.embeds import Embeds
 from semantica_core.networks import PairConditionedUNet, PatchUNet
 from semantica_core.precision import Precision, describe, resolve_precision
 from semantica_core.presets import network_preset
+from semantica_core.train_state import adamw
 
 WORKLOADS = ("train-single", "train-pairs", "sample-single", "sample-pairs")
 
@@ -90,7 +91,7 @@ class Workload:
         self.generator = torch.Generator(device=device).manual_seed(3)
         if self.training:
             self.network.train()
-            self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=1e-4)
+            self.optimizer = adamw(self.network.parameters(), device, lr=1e-4)
             # the EMA stays float32 in the default layout, as in the trainers
             self.ema = [p.detach().clone() for p in self.network.parameters()]
         else:

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from semantica_core.networks import PairConditionedUNet, UNetConfig
 from semantica_core.presets import network_preset
+from semantica_core.train_state import adamw
 
 SIDES = ("ours", "diffusers")
 
@@ -109,7 +110,7 @@ def train_throughput(preset: str = "tiny", batch: int = 8, device: str = "cpu", 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     models, calls = _pair(cfg, device, memory_format, _inputs(cfg, batch, resolution, tokens, device, memory_format))
     runners = {name: torch.compile(m) if compile else m for name, m in models.items()}
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
+    optimizers = {name: adamw(m.parameters(), device, lr=1e-4) for name, m in models.items()}
 
     def step(name: str, eager: bool = False) -> None:
         optimizers[name].zero_grad(set_to_none=True)
