@@ -75,6 +75,7 @@ class SingleImageTrainConfig:
     lr_decay: str = "constant"  # constant | cosine: cosine falls to lr * lr_final over the run's total steps
     lr_final: float = 0.1
     ema_decay: float = 0.9999
+    min_snr_gamma: float = 0.0  # > 0: Min-SNR loss weighting (Denoiser.loss); 0: the unweighted MSE
     seed: int = 0
     precision: str = "auto"  # auto | bf16 | fp32: the network's forward (semantica_core.precision)
 
@@ -88,6 +89,8 @@ class SingleImageTrainConfig:
         if self.warmup_steps < 0 or self.lr_decay not in LR_DECAYS or not 0 <= self.lr_final <= 1:
             raise ValueError(f"need warmup_steps >= 0, lr_decay one of {', '.join(LR_DECAYS)} and lr_final in "
                              f"[0, 1]; got {self.warmup_steps}, {self.lr_decay!r}, {self.lr_final}")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be >= 0 (0 turns the weighting off); got {self.min_snr_gamma}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         PatchUNetConfig.from_dict(self.network)  # fail early on a bad network config
@@ -277,7 +280,7 @@ def train_single_image(
     while state.step < steps:
         x0 = random_rescale(state.image, state.data_generator, config, multiple)
         x0 = x0.expand(config.batch_size, -1, -1, -1).contiguous()
-        loss = denoiser.loss(x0, generator=state.noise_generator)
+        loss = denoiser.loss(x0, generator=state.noise_generator, min_snr_gamma=config.min_snr_gamma)
         for group in state.optimizer.param_groups:
             group["lr"] = learning_rate(config, state.step, steps)
         state.optimizer.zero_grad(set_to_none=True)

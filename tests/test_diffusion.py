@@ -280,6 +280,24 @@ def test_parameterization_round_trip_and_zero_loss(kind, prediction):
     assert loss.item() < 1e-8
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_loss_is_the_capped_snr_times_the_x0_error(prediction):
+    # A network whose x0 is off by a known error: whatever it predicts, each row's weighted loss must be
+    # min(SNR, gamma) times that row's x0 MSE, SNR = 1 / sigma^2.
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    wrong = x0 + 0.1 * torch.randn(x0.shape, generator=g)
+    sigma = torch.tensor([0.05, 0.3, 1.0, 20.0])  # SNR 400, 11.1, 1, 0.0025 around gamma 5
+    config = DiffusionConfig(ScheduleConfig(kind="vp_linear"), prediction)
+    denoiser = Denoiser(OracleNet(wrong, sigma, prediction, NoiseSchedule(config.schedule)), config)
+    loss = denoiser.loss(x0, sigma=sigma, generator=torch.Generator().manual_seed(1), min_snr_gamma=5.0)
+    x0_mse = (wrong - x0).square().flatten(1).mean(1)
+    expected = ((1 / sigma**2).clamp(max=5.0) * x0_mse).mean()
+    assert torch.allclose(loss, expected, rtol=1e-4)
+    unweighted = denoiser.loss(x0, sigma=sigma, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(unweighted, expected, rtol=1e-2)
+
+
 def test_loss_condition_drop_and_determinism():
     denoiser = make_denoiser(prediction="v")
     net = denoiser.network

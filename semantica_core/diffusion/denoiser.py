@@ -102,11 +102,14 @@ class Denoiser(nn.Module):
         cond_drop_prob: float = 0.1,
         generator: torch.Generator | None = None,
         sigma: float | torch.Tensor | None = None,
+        min_snr_gamma: float = 0.0,
     ) -> torch.Tensor:
-        """Mean squared error on the raw prediction target (eps, v or x0), unweighted.
+        """Mean squared error on the raw prediction target (eps, v or x0), unweighted unless min_snr_gamma > 0.
 
         Unweighted MSE is DDPM's simple loss for eps and the "simple diffusion" loss for v; for x0 it equals the eps
-        loss weighted by sigma^2 (SinFusion-style), which favours high noise levels: weight it yourself if needed.
+        loss weighted by sigma^2 (SinFusion-style), which favours high noise levels. min_snr_gamma > 0 weights each
+        row so that its loss equals the x0 error weighted by min(SNR, gamma) (Min-SNR, arXiv 2303.09556), whatever
+        the prediction: the nearly clean levels stop dominating.
         sigma defaults to the schedule's training distribution. Each row's condition is dropped (learned null
         condition) with probability cond_drop_prob so the model also learns the unconditional score for guidance.
         All randomness comes from `generator` (its device) when given.
@@ -135,7 +138,10 @@ class Denoiser(nn.Module):
         else:
             alpha = torch.rsqrt(1.0 + s * s)
             target = alpha * eps - (s * alpha) * x0
-        return F.mse_loss(out.float(), target.float())
+        if min_snr_gamma <= 0:
+            return F.mse_loss(out.float(), target.float())
+        per_row = (out.float() - target.float()).square().flatten(1).mean(1)
+        return (per_row * min_snr_weight(sigma, self.config.prediction, min_snr_gamma)).mean()
 
     @property
     def precision(self) -> str | Precision | None:
@@ -202,6 +208,14 @@ def in_cpu_calls(run, x: torch.Tensor, *rows: torch.Tensor | None) -> torch.Tens
         return run(x, *rows)
     return torch.cat([run(*(t if t is None else t[start:start + step] for t in (x, *rows)))
                       for start in range(0, x.shape[0], step)])
+
+
+def min_snr_weight(sigma: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+    """The weight on a prediction's MSE that makes it min(SNR, gamma) times the x0 MSE, SNR = 1 / sigma^2: the eps
+    MSE is SNR times the x0 MSE, the v MSE (SNR + 1) times."""
+    snr = sigma.float().square().reciprocal()
+    capped = snr.clamp(max=gamma)
+    return {"eps": capped / snr, "v": capped / (snr + 1), "x0": capped}[prediction]
 
 
 def _sigma_batch(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
