@@ -13,9 +13,10 @@ DIR/curve.json holds every point; `--report A.json B.json ...` prints the table 
 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
 preset as it is now (`auto` precision and its recipe); `cosine-2e-3` is that recipe spelled out, as it was measured
-against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Three variations of the
+against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Five variations of the
 default were measured against it on astronaut (README): `batch-4` (half the batch, so twice the steps in the same
-time), `lr-4e-3` (twice the peak learning rate) and `min-snr-5` (Min-SNR loss weighting, gamma 5).
+time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5), `no-rescale` (every
+batch at the photo's own size) and `rescale-0.6-1.4` (a wider random rescale than the paper's 0.75-1.25).
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ RECIPES = {
     "batch-4": dict(batch_size=4),
     "min-snr-5": dict(min_snr_gamma=5.0),
     "lr-4e-3": dict(lr=4e-3),
+    "no-rescale": dict(scale_min=1.0, scale_max=1.0),
+    "rescale-0.6-1.4": dict(scale_min=0.6, scale_max=1.4),
 }
 
 
