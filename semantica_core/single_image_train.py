@@ -34,11 +34,13 @@ from .precision import PRECISIONS, resolve_precision
 # the compute per step, for CPUs and tests, and predicts v: GroupNorm hides the global mean of the network's input,
 # so an eps model cannot see the mean of the noise it must remove, and its x0 estimate inherits a colour error of
 # about sigma / sqrt(H * W) per channel. On small images that randomises the colour of every sample (chelsea at
-# 64 px, 600 steps: substitute SIFID 8.0 with eps, 0.43 with v). Its recipe is for runs of minutes: a warm-up, a
-# cosine from 2e-3 to a tenth over the run and an EMA of 0.999 (about the last 1,000 steps) reached at 300 to 1,200
-# steps a lower SIFID than the constant 5e-4 / EMA 0.9999 at every point, on two photos never tuned on (README,
-# "Quality per training minute"). It keeps the paper's rescale U(0.75, 1.25): without it a short run overfits the
-# photo, and a wider U(0.6, 1.4) was no better over three seeds.
+# 64 px, 600 steps: substitute SIFID 8.0 with eps, 0.43 with v). Its recipe is for runs of minutes: a warm-up and a
+# cosine from 2e-3 to a tenth over the run reached at 300 to 1,200 steps a lower SIFID than the constant 5e-4 at
+# every point, on two photos never tuned on (README, "Quality per training minute"). Its EMA decay, 0.999 against
+# the paper's 0.9999, changes nothing before 9,000 steps: the EMA warm-up caps the decay of update n at
+# (1 + n) / (10 + n), so a shorter run averages over about its last tenth whichever decay is set. It keeps the
+# paper's rescale U(0.75, 1.25): without it a short run overfits the photo, and a wider U(0.6, 1.4) was no better
+# over three seeds.
 PRESETS = {
     "sindiffusion": {"network": PatchUNetConfig().to_dict(), "max_side": 250, "steps": 50_000, "prediction": "eps",
                      "recipe": {}},
