@@ -97,13 +97,12 @@ def train(args, out: Path) -> None:
     config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", seed=args.seed, **RECIPES[args.recipe])
     steps = args.steps or PRESETS["sindiffusion_tiny"]["steps"]
     state = init_train_state(photo(args.photo), config, "cpu")
-    averages = {out: state.ema}
-    for decay in args.extra_ema:
-        averages[ema_folder(out, decay)] = EMA(state.network.named_parameters(), decay)
+    extra = {ema_folder(out, decay): EMA(state.network.named_parameters(), decay) for decay in args.extra_ema}
+    averages = {out: state.ema, **extra}
     times, clock = {}, {"seconds": 0.0, "since": time.perf_counter()}
 
     def at_step(info):
-        for average in list(averages.values())[1:]:  # the recipe's own EMA is updated by the training loop
+        for average in extra.values():  # the recipe's own EMA is updated by the training loop
             average.update()
         if info["step"] % args.every and info["step"] != info["total"]:
             return
