@@ -207,9 +207,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
         train(args, out)
+    image = photo(args.photo)
     for folder, ema in [(out, None)] + [(ema_folder(out, decay), decay) for decay in args.extra_ema]:
         points = checkpoints(folder)
-        evaluate(points, photo(args.photo), args.samples, args.inception, args.sifid_encoder, folder)
+        evaluate(points, image, args.samples, args.inception, args.sifid_encoder, folder)
         recipe = args.recipe if ema is None else f"{args.recipe}, " + (f"EMA {ema:g}" if ema else "raw weights")
         run = {"photo": args.photo, "recipe": recipe, "recipe_overrides": RECIPES[args.recipe], "seed": args.seed,
                "samples": args.samples, "sampler": "dpmpp_2m", "sampler_steps": 50, "points": points}
