@@ -71,6 +71,7 @@ class SingleImageTrainConfig:
     max_side: int = 250  # long side of the training image in pixels (smaller images are not enlarged)
     scale_min: float = 0.75  # each batch is resized by U(scale_min, scale_max) per axis
     scale_max: float = 1.25
+    crop: float = 1.0  # < 1: each batch row a random crop of this fraction of the rescaled sides (1: the whole image)
     size_multiple: int = 4  # batch sizes snap down to multiples of this (and of the network's own multiple)
     batch_size: int = 8
     lr: float = 5e-4
@@ -87,6 +88,8 @@ class SingleImageTrainConfig:
             raise ValueError(f"max_side must be at least 8 px; got {self.max_side}")
         if not 0 < self.scale_min <= self.scale_max:
             raise ValueError(f"need 0 < scale_min <= scale_max; got {self.scale_min}, {self.scale_max}")
+        if not 0 < self.crop <= 1:
+            raise ValueError(f"crop must be in (0, 1] (1 trains on the whole image); got {self.crop}")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("batch_size must be >= 1, lr > 0 and ema_decay in [0, 1)")
         if self.warmup_steps < 0 or self.lr_decay not in LR_DECAYS or not 0 <= self.lr_final <= 1:
@@ -154,6 +157,18 @@ def random_rescale(image: torch.Tensor, generator: torch.Generator, config: Sing
     size = (_scaled_side(height, scales[0], multiple), _scaled_side(width, scales[1], multiple))
     out = F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
     return out.clamp(-1, 1)
+
+
+def random_crops(image: torch.Tensor, generator: torch.Generator, config: SingleImageTrainConfig, multiple: int):
+    """The batch: `config.batch_size` copies of the rescaled image, or with crop < 1 as many crops at random places,
+    each side `crop` of the image's, rounded down to `multiple` (at least one)."""
+    if config.crop == 1:
+        return image.expand(config.batch_size, -1, -1, -1).contiguous()
+    height, width = image.shape[-2:]
+    crop_height, crop_width = (multiple * max(1, int(side * config.crop) // multiple) for side in (height, width))
+    tops = torch.randint(0, height - crop_height + 1, (config.batch_size,), generator=generator).tolist()
+    lefts = torch.randint(0, width - crop_width + 1, (config.batch_size,), generator=generator).tolist()
+    return torch.cat([image[..., top:top + crop_height, left:left + crop_width] for top, left in zip(tops, lefts)])
 
 
 def _scaled_side(side: int, scale: float, multiple: int) -> int:
@@ -282,7 +297,7 @@ def train_single_image(
     network.train()
     while state.step < steps:
         x0 = random_rescale(state.image, state.data_generator, config, multiple)
-        x0 = x0.expand(config.batch_size, -1, -1, -1).contiguous()
+        x0 = random_crops(x0, state.data_generator, config, multiple)
         loss = denoiser.loss(x0, generator=state.noise_generator, min_snr_gamma=config.min_snr_gamma)
         for group in state.optimizer.param_groups:
             group["lr"] = learning_rate(config, state.step, steps)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from semantica_core.checkpoint import load_checkpoint, read_checkpoint_metadata
 from semantica_core.metrics.diversity import LPIPS, load_lpips, pairwise_distances, pairwise_diversity
@@ -30,11 +31,13 @@ from semantica_core.single_image_train import (
     init_train_state,
     learning_rate,
     prepare_training_image,
+    random_crops,
     save_single_image_checkpoint,
     state_path_for,
     train_single_image,
 )
 from semantica_core.single_image import outpaint, sample_single_image
+from tools import sindiffusion_curve
 from tools.sindiffusion_curve import DEMO_ENCODER
 
 TRAIN_STEPS = 200
@@ -81,6 +84,26 @@ def test_training_image_keeps_aspect_and_never_enlarges():
     assert prepare_training_image(torch.rand(1, 3, 40, 60), 250).shape[-2:] == (40, 60)
     with pytest.raises(ValueError, match="one RGB image"):
         prepare_training_image(torch.rand(2, 3, 40, 60), 250)
+
+
+def test_a_crop_batch_holds_windows_of_the_image_at_random_places_and_the_whole_image_without_it():
+    image = torch.rand(1, 3, 20, 28)
+    config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", batch_size=6, crop=0.5)
+    batch = random_crops(image, torch.Generator().manual_seed(0), config, multiple=4)
+    assert batch.shape == (6, 3, 8, 12)  # 10 and 14 px, rounded down to the multiple
+    places = []
+    for row in batch:
+        found = [(top, left) for top in range(20 - 8 + 1) for left in range(28 - 12 + 1)
+                 if torch.equal(image[0, :, top:top + 8, left:left + 12], row)]
+        assert len(found) == 1  # the exact pixels of one window, not resampled
+        places += found
+    assert len(set(places)) > 1
+    again = random_crops(image, torch.Generator().manual_seed(0), config, multiple=4)
+    assert torch.equal(batch, again)  # the data generator decides the places
+    whole = random_crops(image, torch.Generator(), SingleImageTrainConfig.from_preset("sindiffusion_tiny"), 4)
+    assert whole.shape == (8, 3, 20, 28) and torch.equal(whole[7], image[0])
+    with pytest.raises(ValueError, match="crop must be in"):
+        SingleImageTrainConfig.from_preset("sindiffusion_tiny", crop=0.0)
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine_to_its_final_fraction():
@@ -452,8 +475,6 @@ def test_host_training_again_with_the_same_inputs_loads_the_saved_model(comfy, c
 
 @pytest.mark.slow
 def test_recipe_curve_tool_measures_every_checkpoint_and_resumes_measuring(photo_file, tmp_path):
-    from tools import sindiffusion_curve
-
     out = tmp_path / "curve"
     args = ["--photo", str(photo_file), "--recipe", "before", "--steps", "2", "--every", "1", "--samples", "2",
             "--output", str(out)]
@@ -469,3 +490,44 @@ def test_recipe_curve_tool_measures_every_checkpoint_and_resumes_measuring(photo
     assert sindiffusion_curve.main([*args, "--evaluate-only"]) == 0
     again = json.loads((out / "curve.json").read_text())
     assert [p["sifid"]["median"] for p in again["points"]] == [p["sifid"]["median"] for p in run["points"]]
+
+
+@pytest.mark.slow
+def test_further_averages_are_written_and_the_warm_up_two_average_is_the_mean_of_every_weight(tmp_path):
+    image = tmp_path / "photo.png"
+    Image.fromarray(torch.randint(0, 256, (24, 32, 3), generator=torch.Generator().manual_seed(0),
+                                  dtype=torch.uint8).numpy()).save(image)
+    out = tmp_path / "run"
+    assert sindiffusion_curve.main(["--photo", str(image), "--steps", "2", "--every", "1", "--samples", "2",
+                                    "--extra-ema", "0", "--extra-ema-warmup", "2", "--output", str(out)]) == 0
+
+    recipes = {folder: json.loads((out / folder / "curve.json").read_text())["recipe"]
+               for folder in (".", "ema-0", "ema-warmup-2")}
+    assert recipes == {".": "default", "ema-0": "default, raw weights",
+                       "ema-warmup-2": "default, EMA warm-up (1 + n) / (2 + n)"}
+    for folder in (".", "ema-0", "ema-warmup-2"):
+        points = json.loads((out / folder / "curve.json").read_text())["points"]
+        assert [p["step"] for p in points] == [1, 2] and all(p["sifid"]["median"] > 0 for p in points)
+
+    # (1 + n) / (2 + n) gives update n the weight 1 / (n + 2): the average of the initial weights and each step's
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the run's seed: init_train_state builds the network the same way
+        initial = PatchUNet(PatchUNetConfig.from_dict(PRESETS["sindiffusion_tiny"]["network"])).state_dict()
+    raw = [load_file(out / f"step-00000{step}.safetensors") for step in (1, 2)]
+    average = load_file(out / "ema-warmup-2" / "step-000002.safetensors")
+    names = [k for k in initial if initial[k].is_floating_point() and f"ema.{k}" in average]
+    assert names
+    # The first steps move the weights by about the warm-up's learning rate (2e-5), so compare to float32's rounding
+    # of weights below 1 (a few 1e-8), and check that the last weights are far outside that.
+    moved = 0.0
+    for name in names:
+        mean = (initial[name] + raw[0][f"model.{name}"] + raw[1][f"model.{name}"]) / 3
+        torch.testing.assert_close(average[f"ema.{name}"], mean, rtol=1e-6, atol=1e-7)
+        moved = max(moved, (raw[1][f"model.{name}"] - mean).abs().max().item())
+    assert moved > 1e-5
+
+
+def test_a_warm_up_offset_of_one_or_less_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sindiffusion_curve.main(["--photo", "astronaut", "--output", str(tmp_path), "--extra-ema-warmup", "1"])
+    assert "K > 1" in capsys.readouterr().err

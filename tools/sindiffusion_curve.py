@@ -13,17 +13,21 @@ DIR/curve.json holds every point; `--report A.json B.json ...` prints the table 
 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
 preset as it is now (`auto` precision and its recipe); `cosine-2e-3` is that recipe spelled out, as it was measured
-against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Eight variations of the
+against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Ten variations of the
 default were measured against it on astronaut (README): `batch-4` (half the batch, so twice the steps in the same
 time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5), `no-rescale` (every
 batch at the photo's own size), `rescale-0.6-1.4` (a wider random rescale than the paper's 0.75-1.25), `lognormal`
-(EDM's training noise levels in place of uniform timesteps), `base-24` and `base-40` (24 or 40 base channels
-instead of 32: 0.56x or 1.56x the FLOPs of a step, so more or fewer steps in the same time).
+and `lognormal-0.7-1.5` (log-normal training noise levels in place of uniform timesteps: EDM's, and one with fewer
+rows at the pure-noise end), `base-24` and `base-40` (24 or 40 base channels instead of 32: 0.56x or 1.56x the
+FLOPs of a step, so more or fewer steps in the same time), `crop-0.7` (each batch row a random crop of 0.7 of the
+rescaled photo's sides: half the pixels, so about twice the steps in the same time).
 
 --extra-ema D [D ...] keeps further averages of the same run's weights beside the recipe's EMA, one per decay (0: the
 raw weights), and writes and measures each one's checkpoints in DIR/ema-D: several averages from one training. The
 EMA warm-up caps update n's decay at (1 + n) / (10 + n), so a decay D only differs from another, longer one after
-(10 D - 1) / (1 - D) updates (0.99: 890; the preset's 0.999: 8,990).
+(10 D - 1) / (1 - D) updates (0.99: 890; the preset's 0.999: 8,990). --extra-ema-warmup K [K ...] keeps further
+averages that cap it at (1 + n) / (K + n) instead, with the recipe's decay, in DIR/ema-warmup-K: their centre lags
+the run by about 1/K of its length where the recipe's lags by a tenth (K = 2: the plain mean of every step's weights).
 """
 from __future__ import annotations
 
@@ -34,13 +38,14 @@ import time
 from pathlib import Path
 
 
-def lognormal_diffusion() -> dict:
-    """The tiny preset's diffusion with EDM's training noise levels: ln sigma ~ N(-1.2, 1.2^2) in place of uniform
-    DDPM timesteps (two thirds of the rows below sigma 0.5, where uniform timesteps put 15 %)."""
+def lognormal_diffusion(mean: float, std: float) -> dict:
+    """The tiny preset's diffusion with log-normal training noise levels, ln sigma ~ N(mean, std^2), in place of
+    uniform DDPM timesteps (which put 43 % of the rows above sigma 5 and 15 % below 0.5). EDM's N(-1.2, 1.2^2) puts
+    1 % and 66 % there; N(0.7, 1.5^2) 27 % and 18 %: fewer rows where the photo is all but gone, as many clean ones."""
     from semantica_core.single_image_train import PRESETS, sindiffusion_diffusion
 
     diffusion = sindiffusion_diffusion(PRESETS["sindiffusion_tiny"]["prediction"]).to_dict()
-    diffusion["schedule"].update(training_sigmas="lognormal", lognormal_mean=-1.2, lognormal_std=1.2)
+    diffusion["schedule"].update(training_sigmas="lognormal", lognormal_mean=mean, lognormal_std=std)
     return diffusion
 
 
@@ -62,9 +67,11 @@ RECIPES = {
     "lr-4e-3": dict(lr=4e-3),
     "no-rescale": dict(scale_min=1.0, scale_max=1.0),
     "rescale-0.6-1.4": dict(scale_min=0.6, scale_max=1.4),
-    "lognormal": dict(diffusion=lognormal_diffusion()),
+    "lognormal": dict(diffusion=lognormal_diffusion(-1.2, 1.2)),
+    "lognormal-0.7-1.5": dict(diffusion=lognormal_diffusion(0.7, 1.5)),
     "base-24": dict(network=network_width(24)),
     "base-40": dict(network=network_width(40)),
+    "crop-0.7": dict(crop=0.7),
 }
 
 
@@ -85,7 +92,6 @@ def photo(name: str):
 def train(args, out: Path) -> None:
     import torch
 
-    from semantica_core.ema import EMA
     from semantica_core.single_image_train import (
         PRESETS,
         SingleImageTrainConfig,
@@ -97,7 +103,8 @@ def train(args, out: Path) -> None:
     config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", seed=args.seed, **RECIPES[args.recipe])
     steps = args.steps or PRESETS["sindiffusion_tiny"]["steps"]
     state = init_train_state(photo(args.photo), config, "cpu")
-    extra = {ema_folder(out, decay): EMA(state.network.named_parameters(), decay) for decay in args.extra_ema}
+    extra = {folder: make(state.network.named_parameters(), config.ema_decay)
+             for folder, _, make in extra_averages(args, out)}
     averages = {out: state.ema, **extra}
     times, clock = {}, {"seconds": 0.0, "since": time.perf_counter()}
 
@@ -122,8 +129,25 @@ def train(args, out: Path) -> None:
         train_single_image(None, steps=steps, callback=at_step, state=state)
 
 
-def ema_folder(out: Path, decay: float) -> Path:
-    return out / f"ema-{decay:g}"
+def extra_averages(args, out: Path) -> list:
+    """(folder, label, make) of each further average: make(named_parameters, recipe_decay) builds its EMA."""
+    from semantica_core.ema import EMA
+
+    class WarmupEMA(EMA):
+        """The recipe's EMA with another warm-up: update n's decay capped at (1 + n) / (offset + n)."""
+
+        def __init__(self, named_parameters, decay, offset):
+            super().__init__(named_parameters, decay)
+            self.offset = offset
+
+        def decay_at(self, update):
+            return min(self.decay, (1.0 + update) / (self.offset + update))
+
+    averages = [(out / f"ema-{decay:g}", f"EMA {decay:g}" if decay else "raw weights",
+                 lambda named, _, decay=decay: EMA(named, decay)) for decay in args.extra_ema]
+    averages += [(out / f"ema-warmup-{k:g}", f"EMA warm-up (1 + n) / ({k:g} + n)",
+                  lambda named, decay, k=k: WarmupEMA(named, decay, k)) for k in args.extra_ema_warmup]
+    return averages
 
 
 def checkpoints(out: Path) -> list[dict]:
@@ -193,6 +217,8 @@ def main(argv=None) -> int:
                         help="CNN encoder file for the SIFID features when --inception is not given")
     parser.add_argument("--extra-ema", type=float, nargs="+", default=[], metavar="DECAY",
                         help="further EMA decays of the same run to measure (0: the raw weights), each in DIR/ema-D")
+    parser.add_argument("--extra-ema-warmup", type=float, nargs="+", default=[], metavar="K",
+                        help="further averages with the warm-up (1 + n) / (K + n), K > 1, each in DIR/ema-warmup-K")
     parser.add_argument("--output", help="folder of the checkpoints and curve.json")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="measure the checkpoints already in --output (of a run stopped early) without training")
@@ -203,15 +229,17 @@ def main(argv=None) -> int:
         return 0
     if not args.photo or not args.output:
         parser.error("--photo and --output are needed to run a curve")
+    if any(k <= 1 for k in args.extra_ema_warmup):
+        parser.error("--extra-ema-warmup needs K > 1 ((1 + n) / (K + n) is a decay below 1)")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
         train(args, out)
     image = photo(args.photo)
-    for folder, ema in [(out, None)] + [(ema_folder(out, decay), decay) for decay in args.extra_ema]:
+    for folder, label in [(out, None)] + [(folder, label) for folder, label, _ in extra_averages(args, out)]:
         points = checkpoints(folder)
         evaluate(points, image, args.samples, args.inception, args.sifid_encoder, folder)
-        recipe = args.recipe if ema is None else f"{args.recipe}, " + (f"EMA {ema:g}" if ema else "raw weights")
+        recipe = args.recipe if label is None else f"{args.recipe}, {label}"
         run = {"photo": args.photo, "recipe": recipe, "recipe_overrides": RECIPES[args.recipe], "seed": args.seed,
                "samples": args.samples, "sampler": "dpmpp_2m", "sampler_steps": 50, "points": points}
         (folder / "curve.json").write_text(json.dumps(run, indent=2))
