@@ -172,6 +172,22 @@ def test_training_sigmas(kind):
     assert drawn.log().median().item() == pytest.approx(-1.2, abs=0.1)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_stratified_training_sigmas_put_one_draw_in_each_stratum(kind):
+    schedule = NoiseSchedule(ScheduleConfig(kind=kind, training_sigmas="stratified_t"))
+    generator = torch.Generator().manual_seed(3)
+    calls = [schedule.sample_training_sigmas(8, generator) for _ in range(200)]
+    t = torch.stack([schedule.sigma_to_t(sigmas.double()) for sigmas in calls])  # [calls, 8]
+    if kind == "vp_linear":  # integer timestep i = floor(u T) sits at t = (i + 1) / T; 8 divides T
+        t = t - 1 / schedule.timesteps
+    strata = (t * 8 + 1e-6).floor().clamp(0, 7).sort(dim=1).values
+    assert torch.equal(strata, torch.arange(8.0).expand(200, 8))
+    assert t.mean().item() == pytest.approx(0.5, abs=0.03)  # the same distribution as uniform_t, overall
+    assert len({tuple(c.tolist()) for c in calls}) > 50  # each call draws its own offset (vp_linear: of 125)
+    if kind == "vp_linear":
+        assert torch.isin(torch.cat(calls), schedule.discrete_sigmas()).all()
+
+
 # --- denoiser ----------------------------------------------------------------------------------------------------
 
 

@@ -531,3 +531,9 @@ def test_a_warm_up_offset_of_one_or_less_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sindiffusion_curve.main(["--photo", "astronaut", "--output", str(tmp_path), "--extra-ema-warmup", "1"])
     assert "K > 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", sorted(sindiffusion_curve.RECIPES))
+def test_every_curve_recipe_is_a_valid_tiny_config(recipe):
+    config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", **sindiffusion_curve.RECIPES[recipe])
+    assert SingleImageTrainConfig.from_dict(config.to_dict()) == config  # as stored in the checkpoint

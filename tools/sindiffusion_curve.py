@@ -13,14 +13,16 @@ DIR/curve.json holds every point; `--report A.json B.json ...` prints the table 
 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
 preset as it is now (`auto` precision and its recipe); `cosine-2e-3` is that recipe spelled out, as it was measured
-against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Ten variations of the
+against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Twelve variations of the
 default were measured against it on astronaut (README): `batch-4` (half the batch, so twice the steps in the same
 time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5), `no-rescale` (every
 batch at the photo's own size), `rescale-0.6-1.4` (a wider random rescale than the paper's 0.75-1.25), `lognormal`
 and `lognormal-0.7-1.5` (log-normal training noise levels in place of uniform timesteps: EDM's, and one with fewer
 rows at the pure-noise end), `base-24` and `base-40` (24 or 40 base channels instead of 32: 0.56x or 1.56x the
 FLOPs of a step, so more or fewer steps in the same time), `crop-0.7` (each batch row a random crop of 0.7 of the
-rescaled photo's sides: half the pixels, so about twice the steps in the same time).
+rescaled photo's sides: half the pixels, so about twice the steps in the same time), `stratified` (each batch's
+timesteps spread evenly over the range: less variance in the loss) and `t-50` (50 DDPM timesteps, as SinFusion,
+in place of 1,000).
 
 --extra-ema D [D ...] keeps further averages of the same run's weights beside the recipe's EMA, one per decay (0: the
 raw weights), and writes and measures each one's checkpoints in DIR/ema-D: several averages from one training. The
@@ -49,6 +51,26 @@ def lognormal_diffusion(mean: float, std: float) -> dict:
     return diffusion
 
 
+def stratified_diffusion() -> dict:
+    """The tiny preset's diffusion with each batch's timesteps spread evenly over the range (stratified_t)."""
+    from semantica_core.single_image_train import PRESETS, sindiffusion_diffusion
+
+    diffusion = sindiffusion_diffusion(PRESETS["sindiffusion_tiny"]["prediction"]).to_dict()
+    diffusion["schedule"]["training_sigmas"] = "stratified_t"
+    return diffusion
+
+
+def fewer_timesteps(timesteps: int) -> dict:
+    """The tiny preset's diffusion on T DDPM timesteps in place of 1,000 (SinFusion trains T = 50, SinDDM 100 per
+    scale), its linear betas scaled by 1000 / T so the noise levels span the same range (sigma 0.045 to 359 for 50)."""
+    from semantica_core.single_image_train import PRESETS, sindiffusion_diffusion
+
+    diffusion = sindiffusion_diffusion(PRESETS["sindiffusion_tiny"]["prediction"]).to_dict()
+    scale = 1000 / timesteps
+    diffusion["schedule"].update(timesteps=timesteps, beta_start=1e-4 * scale, beta_end=0.02 * scale)
+    return diffusion
+
+
 def network_width(base_channels: int) -> dict:
     """The tiny preset's network with another width: the same depth and receptive field (45 px), the compute of a
     step about proportional to base_channels squared."""
@@ -72,6 +94,8 @@ RECIPES = {
     "base-24": dict(network=network_width(24)),
     "base-40": dict(network=network_width(40)),
     "crop-0.7": dict(crop=0.7),
+    "stratified": dict(diffusion=stratified_diffusion()),
+    "t-50": dict(diffusion=fewer_timesteps(50)),
 }
 
 

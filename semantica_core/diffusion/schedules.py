@@ -29,7 +29,7 @@ import torch
 from semantica_core.config import from_dict as config_from_dict, to_dict as config_to_dict
 
 KINDS = ("vp_cosine", "vp_linear", "vp_shifted_cosine", "ve")
-TRAINING_SIGMAS = ("uniform_t", "lognormal")
+TRAINING_SIGMAS = ("uniform_t", "stratified_t", "lognormal")
 SPACINGS = ("uniform", "karras")
 
 Number = float | torch.Tensor
@@ -40,6 +40,8 @@ class ScheduleConfig:
     """Everything that defines a noise schedule; stored as JSON in checkpoints.
 
     training_sigmas: "uniform_t" draws t uniformly (integer DDPM timesteps for vp_linear, log-uniform sigma for ve);
+    "stratified_t" the same distribution, but the n draws of a call spread evenly, t_i = (u + i / n) mod 1 with one
+    uniform u (VDM's low-discrepancy sampler): every batch spans the range, so the loss's variance falls;
     "lognormal" draws ln sigma ~ N(lognormal_mean, lognormal_std^2) clamped to [sigma_min, sigma_max] (EDM).
     """
 
@@ -154,14 +156,23 @@ class NoiseSchedule:
             z = torch.randn(n, generator=generator, device=gen_device)
             sigma = (self.config.lognormal_mean + self.config.lognormal_std * z).exp()
             sigma = sigma.clamp(self.sigma_min, self.sigma_max)
+        elif self.config.training_sigmas == "stratified_t":
+            offset = torch.rand(1, generator=generator, device=gen_device)
+            sigma = self._uniform_t_sigmas((offset + torch.arange(n, device=gen_device) / n) % 1.0)
         elif self.kind == "vp_linear":
             # DDPM trains on the integer timesteps, uniformly.
             index = torch.randint(0, self.timesteps, (n,), generator=generator, device=gen_device)
             sigma = self._table("discrete", index.device, torch.float32)[index]
         else:
-            t = torch.rand(n, generator=generator, device=gen_device)
-            sigma = self._t_to_sigma(t)
+            sigma = self._uniform_t_sigmas(torch.rand(n, generator=generator, device=gen_device))
         return sigma.to(device=device if device is not None else sigma.device, dtype=torch.float32)
+
+    def _uniform_t_sigmas(self, u: torch.Tensor) -> torch.Tensor:
+        """The training levels of uniform draws u in [0, 1): vp_linear's integer timestep floor(u T), else sigma(u)."""
+        if self.kind == "vp_linear":
+            index = (u * self.timesteps).long().clamp(max=self.timesteps - 1)
+            return self._table("discrete", index.device, torch.float32)[index]
+        return self._t_to_sigma(u)
 
     def discrete_sigmas(self) -> torch.Tensor:
         """vp_linear only: the T DDPM noise levels [T] float32, ascending; index i = DDPM timestep i."""
