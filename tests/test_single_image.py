@@ -62,6 +62,15 @@ def photo_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def noise_photo(tmp_path_factory) -> Path:
+    """A 32x24 photo of uniform noise: the curve tool's tests train a few steps on it."""
+    path = tmp_path_factory.mktemp("noise") / "photo.png"
+    noise = torch.randint(0, 256, (24, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    Image.fromarray(noise.numpy()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(trained model, untrained model, training image [1,3,h,w] in [0, 1]): the same seed, 0 and 200 steps.
     Training that long takes minutes on a busy CPU: the tests that use it are marked slow (not in `make test-fast`)."""
@@ -493,12 +502,9 @@ def test_recipe_curve_tool_measures_every_checkpoint_and_resumes_measuring(photo
 
 
 @pytest.mark.slow
-def test_further_averages_are_written_and_the_warm_up_two_average_is_the_mean_of_every_weight(tmp_path):
-    image = tmp_path / "photo.png"
-    Image.fromarray(torch.randint(0, 256, (24, 32, 3), generator=torch.Generator().manual_seed(0),
-                                  dtype=torch.uint8).numpy()).save(image)
+def test_further_averages_are_written_and_the_warm_up_two_average_is_the_mean_of_every_weight(noise_photo, tmp_path):
     out = tmp_path / "run"
-    assert sindiffusion_curve.main(["--photo", str(image), "--steps", "2", "--every", "1", "--samples", "2",
+    assert sindiffusion_curve.main(["--photo", str(noise_photo), "--steps", "2", "--every", "1", "--samples", "2",
                                     "--extra-ema", "0", "--extra-ema-warmup", "2", "--output", str(out)]) == 0
 
     recipes = {folder: json.loads((out / folder / "curve.json").read_text())["recipe"]
@@ -525,6 +531,18 @@ def test_further_averages_are_written_and_the_warm_up_two_average_is_the_mean_of
         torch.testing.assert_close(average[f"ema.{name}"], mean, rtol=1e-6, atol=1e-7)
         moved = max(moved, (raw[1][f"model.{name}"] - mean).abs().max().item())
     assert moved > 1e-5
+
+
+@pytest.mark.slow
+def test_small_first_trains_its_steps_at_the_small_scales_then_the_recipes(noise_photo, tmp_path):
+    out = tmp_path / "run"
+    assert sindiffusion_curve.main(["--photo", str(noise_photo), "--steps", "3", "--every", "1", "--samples", "2",
+                                    "--small-first", "0.5", "0.6", "2", "--output", str(out)]) == 0
+    scales = [(config["scale_min"], config["scale_max"]) for config in (
+        load_checkpoint(out / f"step-00000{step}.safetensors").training_info["config"] for step in (1, 2, 3))]
+    assert scales == [(0.5, 0.6), (0.5, 0.6), (0.75, 1.25)]  # each checkpoint stores the config it trained with
+    run = json.loads((out / "curve.json").read_text())
+    assert run["small_first"] == [0.5, 0.6, 2] and [p["step"] for p in run["points"]] == [1, 2, 3]
 
 
 def test_a_warm_up_offset_of_one_or_less_is_refused(tmp_path, capsys):

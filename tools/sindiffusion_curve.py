@@ -30,6 +30,8 @@ EMA warm-up caps update n's decay at (1 + n) / (10 + n), so a decay D only diffe
 (10 D - 1) / (1 - D) updates (0.99: 890; the preset's 0.999: 8,990). --extra-ema-warmup K [K ...] keeps further
 averages that cap it at (1 + n) / (K + n) instead, with the recipe's decay, in DIR/ema-warmup-K: their centre lags
 the run by about 1/K of its length where the recipe's lags by a tenth (K = 2: the plain mean of every step's weights).
+--small-first MIN MAX N trains the first N steps on the photo rescaled by U(MIN, MAX) per axis in place of the
+recipe's range (progressive size: cheaper steps first), the learning rate following the whole run's curve.
 """
 from __future__ import annotations
 
@@ -150,7 +152,36 @@ def train(args, out: Path) -> None:
         clock["since"] = time.perf_counter()
 
     with torch.inference_mode(False):
+        if args.small_first:
+            train_small_first(state, steps, at_step, args.small_first)
         train_single_image(None, steps=steps, callback=at_step, state=state)
+
+
+class _SmallPhaseOver(Exception):
+    pass
+
+
+def train_small_first(state, steps: int, at_step, small_first) -> None:
+    """Progressive size: the run's first N steps rescale the photo by U(MIN, MAX) per axis in place of the recipe's
+    range (cheaper steps), on the learning-rate curve of the whole run; the rest trains as the recipe."""
+    from dataclasses import replace
+
+    from semantica_core.single_image_train import train_single_image
+
+    scale_min, scale_max, small_steps = small_first
+    recipe_config = state.config
+    state.config = replace(recipe_config, scale_min=scale_min, scale_max=scale_max)
+
+    def until_small_steps(info):
+        at_step(info)
+        if info["step"] >= small_steps:
+            raise _SmallPhaseOver
+
+    try:
+        train_single_image(None, steps=steps, callback=until_small_steps, state=state)
+    except _SmallPhaseOver:
+        pass
+    state.config = recipe_config
 
 
 def extra_averages(args, out: Path) -> list:
@@ -243,6 +274,8 @@ def main(argv=None) -> int:
                         help="further EMA decays of the same run to measure (0: the raw weights), each in DIR/ema-D")
     parser.add_argument("--extra-ema-warmup", type=float, nargs="+", default=[], metavar="K",
                         help="further averages with the warm-up (1 + n) / (K + n), K > 1, each in DIR/ema-warmup-K")
+    parser.add_argument("--small-first", type=float, nargs=3, default=None, metavar=("MIN", "MAX", "STEPS"),
+                        help="progressive size: the first STEPS steps rescale by U(MIN, MAX) per axis")
     parser.add_argument("--output", help="folder of the checkpoints and curve.json")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="measure the checkpoints already in --output (of a run stopped early) without training")
@@ -255,6 +288,8 @@ def main(argv=None) -> int:
         parser.error("--photo and --output are needed to run a curve")
     if any(k <= 1 for k in args.extra_ema_warmup):
         parser.error("--extra-ema-warmup needs K > 1 ((1 + n) / (K + n) is a decay below 1)")
+    if args.small_first and not (0 < args.small_first[0] <= args.small_first[1] and args.small_first[2] >= 1):
+        parser.error("--small-first needs 0 < MIN <= MAX and STEPS >= 1")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
@@ -265,7 +300,8 @@ def main(argv=None) -> int:
         evaluate(points, image, args.samples, args.inception, args.sifid_encoder, folder)
         recipe = args.recipe if label is None else f"{args.recipe}, {label}"
         run = {"photo": args.photo, "recipe": recipe, "recipe_overrides": RECIPES[args.recipe], "seed": args.seed,
-               "samples": args.samples, "sampler": "dpmpp_2m", "sampler_steps": 50, "points": points}
+               "small_first": args.small_first, "samples": args.samples, "sampler": "dpmpp_2m", "sampler_steps": 50,
+               "points": points}
         (folder / "curve.json").write_text(json.dumps(run, indent=2))
         print(f"wrote {folder / 'curve.json'}")
     return 0
