@@ -42,35 +42,27 @@ import time
 from pathlib import Path
 
 
+def tiny_diffusion(**schedule) -> dict:
+    """The tiny preset's diffusion with these fields of its noise schedule changed."""
+    from semantica_core.single_image_train import PRESETS, sindiffusion_diffusion
+
+    diffusion = sindiffusion_diffusion(PRESETS["sindiffusion_tiny"]["prediction"]).to_dict()
+    diffusion["schedule"].update(schedule)
+    return diffusion
+
+
 def lognormal_diffusion(mean: float, std: float) -> dict:
-    """The tiny preset's diffusion with log-normal training noise levels, ln sigma ~ N(mean, std^2), in place of
-    uniform DDPM timesteps (which put 43 % of the rows above sigma 5 and 15 % below 0.5). EDM's N(-1.2, 1.2^2) puts
-    1 % and 66 % there; N(0.7, 1.5^2) 27 % and 18 %: fewer rows where the photo is all but gone, as many clean ones."""
-    from semantica_core.single_image_train import PRESETS, sindiffusion_diffusion
-
-    diffusion = sindiffusion_diffusion(PRESETS["sindiffusion_tiny"]["prediction"]).to_dict()
-    diffusion["schedule"].update(training_sigmas="lognormal", lognormal_mean=mean, lognormal_std=std)
-    return diffusion
-
-
-def stratified_diffusion() -> dict:
-    """The tiny preset's diffusion with each batch's timesteps spread evenly over the range (stratified_t)."""
-    from semantica_core.single_image_train import PRESETS, sindiffusion_diffusion
-
-    diffusion = sindiffusion_diffusion(PRESETS["sindiffusion_tiny"]["prediction"]).to_dict()
-    diffusion["schedule"]["training_sigmas"] = "stratified_t"
-    return diffusion
+    """Log-normal training noise levels, ln sigma ~ N(mean, std^2), in place of uniform DDPM timesteps (which put
+    43 % of the rows above sigma 5 and 15 % below 0.5). EDM's N(-1.2, 1.2^2) puts 1 % and 66 % there; N(0.7, 1.5^2)
+    27 % and 18 %: fewer rows where the photo is all but gone, as many clean ones."""
+    return tiny_diffusion(training_sigmas="lognormal", lognormal_mean=mean, lognormal_std=std)
 
 
 def fewer_timesteps(timesteps: int) -> dict:
-    """The tiny preset's diffusion on T DDPM timesteps in place of 1,000 (SinFusion trains T = 50, SinDDM 100 per
-    scale), its linear betas scaled by 1000 / T so the noise levels span the same range (sigma 0.045 to 359 for 50)."""
-    from semantica_core.single_image_train import PRESETS, sindiffusion_diffusion
-
-    diffusion = sindiffusion_diffusion(PRESETS["sindiffusion_tiny"]["prediction"]).to_dict()
+    """T DDPM timesteps in place of 1,000 (SinFusion trains T = 50, SinDDM 100 per scale), the linear betas scaled by
+    1000 / T so the noise levels span the same range (sigma 0.045 to 359 for 50)."""
     scale = 1000 / timesteps
-    diffusion["schedule"].update(timesteps=timesteps, beta_start=1e-4 * scale, beta_end=0.02 * scale)
-    return diffusion
+    return tiny_diffusion(timesteps=timesteps, beta_start=1e-4 * scale, beta_end=0.02 * scale)
 
 
 def network_width(base_channels: int) -> dict:
@@ -96,7 +88,7 @@ RECIPES = {
     "base-24": dict(network=network_width(24)),
     "base-40": dict(network=network_width(40)),
     "crop-0.7": dict(crop=0.7),
-    "stratified": dict(diffusion=stratified_diffusion()),
+    "stratified": dict(diffusion=tiny_diffusion(training_sigmas="stratified_t")),
     "t-50": dict(diffusion=fewer_timesteps(50)),
 }
 
