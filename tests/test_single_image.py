@@ -500,6 +500,13 @@ def test_recipe_curve_tool_measures_every_checkpoint_and_resumes_measuring(photo
     again = json.loads((out / "curve.json").read_text())
     assert [p["sifid"]["median"] for p in again["points"]] == [p["sifid"]["median"] for p in run["points"]]
 
+    # Another sampler measures the same checkpoints into its own file, beside the default sampler's figures
+    assert sindiffusion_curve.main([*args, "--evaluate-only", "--sampler", "ddpm", "--sampler-steps", "3"]) == 0
+    ddpm = json.loads((out / "curve-ddpm-3.json").read_text())
+    assert (ddpm["sampler"], ddpm["sampler_steps"]) == ("ddpm", 3) and [p["step"] for p in ddpm["points"]] == [1, 2]
+    assert [p["sifid"]["median"] for p in ddpm["points"]] != [p["sifid"]["median"] for p in run["points"]]
+    assert json.loads((out / "curve.json").read_text()) == again and (out / "samples-000002-ddpm-3.png").is_file()
+
 
 @pytest.mark.slow
 def test_further_averages_are_written_and_the_warm_up_two_average_is_the_mean_of_every_weight(noise_photo, tmp_path):

@@ -8,7 +8,8 @@ steps with the training seconds so far (saving excluded), then draws 16 samples 
 steps, seeds 0-15) and measures their SIFID against the training image with one fixed feature network for every
 point: the Inception first block when --inception is given, else the stride-4 features of the demo's ImageNet
 EfficientNet-Lite0 (--sifid-encoder; learned, so structure counts, not only colour), labelled as a substitute.
---evaluate-only measures the checkpoints of a run that was stopped early.
+--evaluate-only measures the checkpoints of a run that was stopped early, or of a finished one with another sampler:
+--sampler ddpm --sampler-steps 250 writes DIR/curve-ddpm-250.json beside the dpmpp_2m figures.
 DIR/curve.json holds every point; `--report A.json B.json ...` prints the table of several runs.
 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
@@ -206,9 +207,18 @@ def checkpoints(out: Path) -> list[dict]:
             for path in sorted(out.glob("step-*.safetensors"))]
 
 
-def evaluate(points: list[dict], image, samples: int, inception, sifid_encoder, out: Path) -> None:
+DEFAULT_SAMPLER = ("dpmpp_2m", 50)
+
+
+def sampler_suffix(sampler: str, steps: int) -> str:
+    """"" for the curve's default sampler (the file names of every earlier curve), else "-NAME-STEPS"."""
+    return "" if (sampler, steps) == DEFAULT_SAMPLER else f"-{sampler}-{steps}"
+
+
+def evaluate(points: list[dict], image, samples: int, inception, sifid_encoder, out: Path,
+             sampler: str = DEFAULT_SAMPLER[0], steps: int = DEFAULT_SAMPLER[1]) -> None:
     """Each checkpoint's samples, measured with the chosen feature network and, beside it, the random-conv
-    substitute (the figures of earlier curves); out/samples-STEP.png shows the first eight."""
+    substitute (the figures of earlier curves); out/samples-STEP[-SAMPLER-STEPS].png shows the first eight."""
     import torch
     from PIL import Image
     from torchvision.utils import make_grid
@@ -225,7 +235,7 @@ def evaluate(points: list[dict], image, samples: int, inception, sifid_encoder, 
         model = load_checkpoint(point["checkpoint"])
         width, height = training_size(model)
         real = resize(image, width, height)
-        fakes = draw_samples(model, width, height, samples=samples, sampler="dpmpp_2m", steps=50, seed=0,
+        fakes = draw_samples(model, width, height, samples=samples, sampler=sampler, steps=steps, seed=0,
                              batch_size=8)
         result = measure_samples(fakes, real, feature_net, "l1")
         point.update(sifid=result["sifid"], sifid_per_sample=result["sifid_per_sample"],
@@ -233,7 +243,7 @@ def evaluate(points: list[dict], image, samples: int, inception, sifid_encoder, 
                      sifid_substitute=quartiles(sifid(substitute, real, fakes)))
         grid = make_grid(torch.cat([real, fakes[:8]]).clamp(0, 1), nrow=3, padding=2, pad_value=1.0)
         Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(
-            out / f"samples-{point['step']:06d}.png")
+            out / f"samples-{point['step']:06d}{sampler_suffix(sampler, steps)}.png")
         print(f"step {point['step']}: SIFID median {result['sifid']['median']:.4f} "
               f"(IQR {result['sifid']['q25']:.4f}-{result['sifid']['q75']:.4f}); random-conv substitute "
               f"{point['sifid_substitute']['median']:.4f}", flush=True)
@@ -241,23 +251,29 @@ def evaluate(points: list[dict], image, samples: int, inception, sifid_encoder, 
 
 def report(paths: list[str]) -> None:
     """One row per checkpoint of each run: photo, recipe, step, SIFID median and IQR, the substitute's median."""
-    print("| photo | recipe | step | SIFID median | IQR | random-conv substitute median |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| photo | recipe | sampler | step | SIFID median | IQR | random-conv substitute median |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for path in paths:
         run = json.loads(Path(path).read_text())
+        sampler = f"{run.get('sampler', DEFAULT_SAMPLER[0])} {run.get('sampler_steps', DEFAULT_SAMPLER[1])}"
         for p in run["points"]:
             s, sub = p["sifid"], p.get("sifid_substitute", {}).get("median")
-            print(f"| {run['photo']} | {run['recipe']} | {p['step']} | {s['median']:.3f} | "
+            print(f"| {run['photo']} | {run['recipe']} | {sampler} | {p['step']} | {s['median']:.3f} | "
                   f"{s['q25']:.3f}-{s['q75']:.3f} | {'' if sub is None else f'{sub:.3f}'} |")
 
 
 def main(argv=None) -> int:
+    from semantica_core.diffusion.samplers import SAMPLERS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photo", help="a scikit-image photo (chelsea, coffee, astronaut, ...) or an image file")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     parser.add_argument("--steps", type=int, default=None, help="total steps (default: the preset's)")
     parser.add_argument("--every", type=int, default=500, help="a curve point every N steps")
     parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default=DEFAULT_SAMPLER[0],
+                        help="the sampler of the SIFID samples (another one writes curve-SAMPLER-STEPS.json)")
+    parser.add_argument("--sampler-steps", type=int, default=DEFAULT_SAMPLER[1])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inception", default=None, help="InceptionV3 weights (.safetensors) for real SIFID")
     parser.add_argument("--sifid-encoder", default=str(DEMO_ENCODER),
@@ -282,6 +298,8 @@ def main(argv=None) -> int:
         parser.error("--extra-ema-warmup needs K > 1 ((1 + n) / (K + n) is a decay below 1)")
     if args.small_first and not (0 < args.small_first[0] <= args.small_first[1] and args.small_first[2] >= 1):
         parser.error("--small-first needs 0 < MIN <= MAX and STEPS >= 1")
+    if args.sampler_steps < 1:
+        parser.error("--sampler-steps needs at least 1 step")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
@@ -289,13 +307,15 @@ def main(argv=None) -> int:
     image = photo(args.photo)
     for folder, label in [(out, None)] + [(folder, label) for folder, label, _ in extra_averages(args, out)]:
         points = checkpoints(folder)
-        evaluate(points, image, args.samples, args.inception, args.sifid_encoder, folder)
+        evaluate(points, image, args.samples, args.inception, args.sifid_encoder, folder, args.sampler,
+                 args.sampler_steps)
         recipe = args.recipe if label is None else f"{args.recipe}, {label}"
         run = {"photo": args.photo, "recipe": recipe, "recipe_overrides": RECIPES[args.recipe], "seed": args.seed,
-               "small_first": args.small_first, "samples": args.samples, "sampler": "dpmpp_2m", "sampler_steps": 50,
-               "points": points}
-        (folder / "curve.json").write_text(json.dumps(run, indent=2))
-        print(f"wrote {folder / 'curve.json'}")
+               "small_first": args.small_first, "samples": args.samples, "sampler": args.sampler,
+               "sampler_steps": args.sampler_steps, "points": points}
+        written = folder / f"curve{sampler_suffix(args.sampler, args.sampler_steps)}.json"
+        written.write_text(json.dumps(run, indent=2))
+        print(f"wrote {written}")
     return 0
 
 
