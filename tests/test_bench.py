@@ -39,6 +39,21 @@ def test_precision_benchmark_returns_each_workload():
                                         "sample-pairs: fast vs fp32 NCHW (ms/step)"]
 
 
+def test_loss_curve_pairs_the_fast_path_with_float32_and_adds_reference_seeds():
+    import torch
+
+    image = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    lines = []
+    result = precision.loss_curve(image, steps=3, chunk=2, precision="bf16", reference_seeds=[1], out=lines.append)
+    losses = result["losses"]
+    assert list(losses) == ["fp32", "bf16", "fp32 seed 1"] and all(len(v) == 3 for v in losses.values())
+    # seed 0 in both paths: the first step draws the same scales, timesteps and noise, so only bf16 rounding differs
+    # (the loss within a few bf16 eps, tests/test_precision.py); seed 1 draws others
+    assert abs(losses["bf16"][0] - losses["fp32"][0]) < 4 * 2**-8 * losses["fp32"][0]
+    assert losses["fp32 seed 1"][0] != losses["fp32"][0]
+    assert all(seconds > 0 for seconds in result["seconds"].values()) and len(lines) == 3
+
+
 def test_best_mode_row_takes_each_side_at_its_fastest():
     rates = {"fp32": {"ours": 50.0, "diffusers": 40.0}, "bf16": {"ours": 80.0, "diffusers": 35.0}}
     (row,) = bench.best_mode_row("training", rates)

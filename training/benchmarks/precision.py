@@ -184,28 +184,38 @@ def run(device: str = "cpu", precision: str = "auto", only=None, repeats: int = 
 
 
 def loss_curve(image: torch.Tensor, steps: int, chunk: int = 25, device: str = "cpu", precision: str = "auto",
-               preset: str = "sindiffusion_tiny", out=print) -> dict:
-    """`train_single_image` twice from one seed, float32 NCHW and `precision`, alternating `chunk` steps at a time:
-    the loss of every step of both (same scales, timesteps and noise) and the seconds each spent training."""
+               preset: str = "sindiffusion_tiny", reference_seeds=(), out=print) -> dict:
+    """`train_single_image` twice from seed 0, float32 NCHW and `precision`, alternating `chunk` steps at a time:
+    the loss of every step of both (same scales, timesteps and noise) and the seconds each spent training. Then
+    float32 from each of `reference_seeds`: what another training seed changes is the noise the two are judged by."""
     from semantica_core.single_image_train import SingleImageTrainConfig, init_train_state, train_single_image
 
+    runs = [("fp32", "fp32", 0), (precision, precision, 0)]
+    runs += [(f"fp32 seed {seed}", "fp32", seed) for seed in reference_seeds]
     states, losses, seconds = {}, {}, {}
-    for name in ("fp32", precision):
-        config = SingleImageTrainConfig.from_preset(preset, precision=name)
+    for name, path, seed in runs:
+        config = SingleImageTrainConfig.from_preset(preset, precision=path, seed=seed)
         states[name] = init_train_state(image, config, device)
         losses[name], seconds[name] = [], 0.0
+
+    def train_to(name: str, total: int) -> None:
+        start = time.perf_counter()
+        train_single_image(None, steps=total, state=states[name],
+                           callback=lambda info: losses[name].append(float(info["loss"])))
+        seconds[name] += time.perf_counter() - start
+
+    compared = [name for name, _, _ in runs[:2]]
     for end in range(chunk, steps + chunk, chunk):
-        for name in list(states) if (end // chunk) % 2 else list(states)[::-1]:
-            start = time.perf_counter()
-            train_single_image(None, steps=min(end, steps), state=states[name],
-                               callback=lambda info, name=name: losses[name].append(float(info["loss"])))
-            seconds[name] += time.perf_counter() - start
+        for name in compared if (end // chunk) % 2 else compared[::-1]:
+            train_to(name, min(end, steps))
+    for name, _, _ in runs[2:]:
+        train_to(name, steps)
     result = {"steps": steps, "preset": preset, "losses": losses, "seconds": seconds,
               "train_size": list(states["fp32"].image.shape[-2:])}
     window = max(1, steps // 10)
     for name in states:
         tail = losses[name][-window:]
-        out(f"{name:>5}: mean loss of the last {window} steps {sum(tail) / len(tail):.4f}; "
+        out(f"{name:>10}: mean loss of the last {window} steps {sum(tail) / len(tail):.4f}; "
             f"{seconds[name] / steps * 1000 / 60:.2f} min per 1,000 steps")
     return result
 
@@ -223,6 +233,8 @@ def main(argv=None) -> int:
     parser.add_argument("--curve", type=int, default=0, metavar="STEPS",
                         help="instead: train sindiffusion_tiny on --image for STEPS steps in fp32 and the fast path")
     parser.add_argument("--image", default=None, help="the picture of --curve (default: skimage's chelsea)")
+    parser.add_argument("--reference-seeds", type=int, nargs="*", default=[], metavar="SEED",
+                        help="with --curve: float32 runs from these training seeds too (the seed-to-seed noise)")
     args = parser.parse_args(argv)
     if args.curve:
         if args.image:
@@ -233,7 +245,8 @@ def main(argv=None) -> int:
             import skimage.data
 
             image = torch.from_numpy(skimage.data.chelsea().copy()).permute(2, 0, 1)[None].float() / 255
-        results = loss_curve(image, args.curve, device=args.device, precision=args.precision)
+        results = loss_curve(image, args.curve, device=args.device, precision=args.precision,
+                             reference_seeds=args.reference_seeds)
     else:
         results = run(args.device, args.precision, args.only, args.repeats, args.warmup, args.scale, args.threads)
     if args.json:
