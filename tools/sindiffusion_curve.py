@@ -215,8 +215,8 @@ def sampler_suffix(sampler: str, steps: int) -> str:
     return "" if (sampler, steps) == DEFAULT_SAMPLER else f"-{sampler}-{steps}"
 
 
-def evaluate(points: list[dict], image, samples: int, inception, sifid_encoder, out: Path,
-             sampler: str = DEFAULT_SAMPLER[0], steps: int = DEFAULT_SAMPLER[1]) -> None:
+def evaluate(points: list[dict], image, samples: int, inception, sifid_encoder, out: Path, sampler: str,
+             steps: int) -> None:
     """Each checkpoint's samples, measured with the chosen feature network and, beside it, the random-conv
     substitute (the figures of earlier curves); out/samples-STEP[-SAMPLER-STEPS].png shows the first eight."""
     import torch
