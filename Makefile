@@ -46,9 +46,10 @@ demo-models: setup
 		$(PYTHON) -m training.cli train pairs $(DEMO_TRAIN) --pairing $$pairing --output $(DEMO_WORK)/train-$$pairing \
 			--resume --max-steps 8000 || exit 1; \
 	done
+	# the shipped rocket model's recipe: the tiny preset's before 2026-12-03 (constant lr, full-size steps)
 	$(PYTHON) -m training.cli train single $(DEMO_WORK)/rocket.png --output $(DEMO_WORK)/sindiffusion-rocket.safetensors \
 		--preset sindiffusion_tiny --max-steps $(SINGLE_STEPS) --save-every 250 \
-		--lr 5e-4 --set warmup_steps=0 --set lr_decay=constant --set ema_decay=0.9999  # the shipped file's recipe
+		--lr 5e-4 --set warmup_steps=0 --set lr_decay=constant --set ema_decay=0.9999 --set small_fraction=0
 	$(PYTHON) -m training.demo_data \
 		--slim $(DEMO_WORK)/train-pairs/model.safetensors models/demo/mnist-pairs.safetensors \
 		--slim $(DEMO_WORK)/train-reconstruct/model.safetensors models/demo/mnist-reconstruct.safetensors \

@@ -35,6 +35,19 @@ def adamw(params, device, **options) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=torch.device(device).type in ("cpu", "cuda"), **options)
 
 
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Gives every state tensor of the optimizer its parameter's strides (values unchanged). The fused AdamW walks a
+    parameter, its gradient and its moments as flat memory, so channels-last weights with NCHW moments (a state read
+    from a file, or a network put into channels-last after its optimizer had state) would pair the wrong elements."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_strided(param.shape, param.stride(), dtype=value.dtype,
+                                                      device=value.device).copy_(value)
+
+
 def save_train_state(
     path,
     *,
@@ -120,6 +133,7 @@ class TrainState:
         groups = [{**saved, **{key: current[key] for key in IMPLEMENTATION_OPTIONS if key in current}}
                   for saved, current in zip(meta["param_groups"], optimizer.param_groups)]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
+        match_parameter_layouts(optimizer)
 
     def load_rng(self, generators: Optional[dict[str, torch.Generator]] = None, global_rng: bool = False) -> None:
         """Restores the named generators (one saved on another device type restarts from its seed, with a warning)

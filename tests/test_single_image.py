@@ -33,6 +33,7 @@ from semantica_core.single_image_train import (
     prepare_training_image,
     random_crops,
     save_single_image_checkpoint,
+    scale_range,
     state_path_for,
     train_single_image,
 )
@@ -115,6 +116,21 @@ def test_a_crop_batch_holds_windows_of_the_image_at_random_places_and_the_whole_
         SingleImageTrainConfig.from_preset("sindiffusion_tiny", crop=0.0)
 
 
+def test_progressive_size_trains_the_first_fraction_of_the_run_small_and_the_rest_at_the_papers_scales():
+    config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", max_side=32, batch_size=1, small_fraction=0.5,
+                                                small_scale_min=0.5, small_scale_max=0.5, scale_min=1.0,
+                                                scale_max=1.0)
+    assert [scale_range(config, step, 6) for step in range(6)] == [(0.5, 0.5)] * 3 + [(1.0, 1.0)] * 3
+    state = init_train_state(torch.rand(1, 3, 32, 32), config, "cpu")
+    sizes = []
+    state.network.register_forward_pre_hook(lambda network, args: sizes.append(tuple(args[0].shape[-2:])))
+    train_single_image(None, steps=4, state=state)
+    assert sizes == [(16, 16), (16, 16), (32, 32), (32, 32)]
+    assert SingleImageTrainConfig.from_preset("sindiffusion").small_fraction == 0  # the paper's preset: full size
+    with pytest.raises(ValueError, match="small_fraction in"):
+        SingleImageTrainConfig.from_preset("sindiffusion_tiny", small_fraction=1.5)
+
+
 def test_learning_rate_warms_up_then_follows_the_cosine_to_its_final_fraction():
     config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", lr=1e-3, warmup_steps=10, lr_decay="cosine",
                                                 lr_final=0.1)
@@ -137,17 +153,22 @@ def test_presets_carry_their_recipe_and_flags_override_it():
     assert SingleImageTrainConfig.from_preset("sindiffusion_tiny", ema_decay=None).ema_decay == 0.999
 
 
-def test_cli_resume_continues_the_same_run(photo_file, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: channels-last weights, moments read from a file
+def test_cli_resume_continues_the_same_run(photo_file, tmp_path, precision):
     from training.train_single import main
 
-    common = ["--preset", "sindiffusion_tiny", "--size", "16", "--batch-size", "2", "--seed", "3", "--device", "cpu"]
+    # A resume to a new total follows that total's schedule (the cosine, progressive size's share), so this run of 3
+    # continued to 6 equals a straight 6 only in the warm-up and at one size.
+    common = ["--preset", "sindiffusion_tiny", "--size", "16", "--batch-size", "2", "--seed", "3", "--device", "cpu",
+              "--set", "small_fraction=0", "--precision", precision]
     straight, split = tmp_path / "straight.safetensors", tmp_path / "split.safetensors"
     assert main([str(photo_file), "--output", str(straight), "--max-steps", "6", *common]) == 0
     assert main([str(photo_file), "--output", str(split), "--max-steps", "3", *common]) == 0
     assert state_path_for(split).is_file()
     # a second run without --resume must not silently discard the state
     assert main([str(photo_file), "--output", str(split), "--max-steps", "6", *common]) == 2
-    assert main([str(photo_file), "--output", str(split), "--max-steps", "6", "--resume", "--device", "cpu"]) == 0
+    assert main([str(photo_file), "--output", str(split), "--max-steps", "6", "--resume", "--device", "cpu",
+                 "--precision", precision]) == 0
     a, b = load_checkpoint(straight), load_checkpoint(split)
     for (name, p), q in zip(a.network.state_dict().items(), b.network.state_dict().values()):
         assert torch.equal(p, q), name
@@ -541,13 +562,14 @@ def test_further_averages_are_written_and_the_warm_up_two_average_is_the_mean_of
 
 
 @pytest.mark.slow
-def test_small_first_trains_its_steps_at_the_small_scales_then_the_recipes(noise_photo, tmp_path):
+def test_small_first_sets_the_runs_progressive_size(noise_photo, tmp_path):
     out = tmp_path / "run"
-    assert sindiffusion_curve.main(["--photo", str(noise_photo), "--steps", "3", "--every", "1", "--samples", "2",
-                                    "--small-first", "0.5", "0.6", "2", "--output", str(out)]) == 0
-    scales = [(config["scale_min"], config["scale_max"]) for config in (
-        load_checkpoint(out / f"step-00000{step}.safetensors").training_info["config"] for step in (1, 2, 3))]
-    assert scales == [(0.5, 0.6), (0.5, 0.6), (0.75, 1.25)]  # each checkpoint stores the config it trained with
+    assert sindiffusion_curve.main(["--photo", str(noise_photo), "--recipe", "full-size", "--steps", "3", "--every",
+                                    "1", "--samples", "2", "--small-first", "0.5", "0.6", "2", "--output",
+                                    str(out)]) == 0
+    config = load_checkpoint(out / "step-000003.safetensors").training_info["config"]
+    assert (config["small_scale_min"], config["small_scale_max"]) == (0.5, 0.6)
+    assert round(config["small_fraction"] * 3) == 2
     run = json.loads((out / "curve.json").read_text())
     assert run["small_first"] == [0.5, 0.6, 2] and [p["step"] for p in run["points"]] == [1, 2, 3]
 

@@ -132,3 +132,37 @@ def test_the_trainers_adamw_is_fused_and_resumes_a_state_saved_before_it(tmp_pat
         step(resumed, resumed_optimizer, x)
     for a, b in zip(nets[0].parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=64 * eps, atol=64 * eps * 1e-2)
+
+
+def test_a_resumed_optimizer_state_takes_its_channels_last_weights_layout(tmp_path):
+    """Channels-last weights (the fast path's layout) with moments read back from a file: the fused AdamW pairs a
+    weight, its gradient and its moments element by element only when they share strides, so the loaded moments
+    take the weights' layout and the next update is the uninterrupted run's, exactly."""
+    def network():
+        torch.manual_seed(0)
+        return torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+
+    def step(net, optimizer, seed):
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+        optimizer.zero_grad()
+        net(x.contiguous(memory_format=torch.channels_last)).square().mean().backward()
+        optimizer.step()
+
+    straight = network()
+    optimizer = adamw(straight.parameters(), "cpu", lr=1e-2)
+    for seed in range(2):
+        step(straight, optimizer, seed)
+    path = save_state(tmp_path / "s.safetensors", step=2, config={}, network=straight.state_dict(),
+                      optimizer=optimizer)
+    step(straight, optimizer, 2)
+
+    resumed = network()
+    resumed_optimizer = adamw(resumed.parameters(), "cpu", lr=1e-2)
+    saved = read_train_state(path)
+    saved.load_network(resumed)
+    saved.load_optimizer(resumed_optimizer)
+    weight = resumed.weight
+    assert all(v.stride() == weight.stride() for v in resumed_optimizer.state[weight].values() if v.ndim == 4)
+    step(resumed, resumed_optimizer, 2)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

@@ -13,17 +13,18 @@ EfficientNet-Lite0 (--sifid-encoder; learned, so structure counts, not only colo
 DIR/curve.json holds every point; `--report A.json B.json ...` prints the table of several runs.
 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
-preset as it is now (`auto` precision and its recipe); `cosine-2e-3` is that recipe spelled out, as it was measured
-against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Twelve variations of the
-default were measured against it on astronaut (README): `batch-4` (half the batch, so twice the steps in the same
-time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5), `no-rescale` (every
-batch at the photo's own size), `rescale-0.6-1.4` (a wider random rescale than the paper's 0.75-1.25), `lognormal`
-and `lognormal-0.7-1.5` (log-normal training noise levels in place of uniform timesteps: EDM's, and one with fewer
-rows at the pure-noise end), `base-24` and `base-40` (24 or 40 base channels instead of 32: 0.56x or 1.56x the
-FLOPs of a step, so more or fewer steps in the same time), `crop-0.7` (each batch row a random crop of 0.7 of the
+preset as it is now (`auto` precision and its recipe, progressive size included); `full-size` is the default as it
+was until 2026-12-07, every step at the photo's full size; `cosine-2e-3` is that recipe spelled out, as it was
+measured against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Twelve variations
+of `full-size` were measured against it on astronaut (README): `batch-4` (half the batch, so twice the steps in the
+same time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5), `no-rescale`
+(every batch at the photo's own size), `rescale-0.6-1.4` (a wider random rescale than the paper's 0.75-1.25),
+`lognormal` and `lognormal-0.7-1.5` (log-normal training noise levels in place of uniform timesteps: EDM's, and one
+with fewer rows at the pure-noise end), `base-24` and `base-40` (24 or 40 base channels instead of 32: 0.56x or 1.56x
+the FLOPs of a step, so more or fewer steps in the same time), `crop-0.7` (each batch row a random crop of 0.7 of the
 rescaled photo's sides: half the pixels, so about twice the steps in the same time), `stratified` (each batch's
-timesteps spread evenly over the range: less variance in the loss) and `t-50` (50 DDPM timesteps, as SinFusion,
-in place of 1,000).
+timesteps spread evenly over the range: less variance in the loss) and `t-50` (50 DDPM timesteps, as SinFusion, in
+place of 1,000).
 
 --extra-ema D [D ...] keeps further averages of the same run's weights beside the recipe's EMA, one per decay (0: the
 raw weights), and writes and measures each one's checkpoints in DIR/ema-D: several averages from one training. The
@@ -32,7 +33,8 @@ EMA warm-up caps update n's decay at (1 + n) / (10 + n), so a decay D only diffe
 averages that cap it at (1 + n) / (K + n) instead, with the recipe's decay, in DIR/ema-warmup-K: their centre lags
 the run by about 1/K of its length where the recipe's lags by a tenth (K = 2: the plain mean of every step's weights).
 --small-first MIN MAX N trains the first N steps on the photo rescaled by U(MIN, MAX) per axis in place of the
-recipe's range (progressive size: cheaper steps first), the learning rate following the whole run's curve.
+recipe's range (progressive size: cheaper steps first), the learning rate following the whole run's curve; it sets
+the config's small_fraction to N / --steps and its small scales.
 """
 from __future__ import annotations
 
@@ -75,22 +77,27 @@ def network_width(base_channels: int) -> dict:
 
 
 DEMO_ENCODER = Path(__file__).resolve().parents[1] / "models" / "demo" / "encoders" / "efficientnet-lite0.safetensors"
+# The variations were measured against the default as it was then, training every step at full size: `full-size`.
+FULL_SIZE = dict(small_fraction=0.0)
 RECIPES = {
-    "before": dict(precision="fp32", lr=5e-4, warmup_steps=0, lr_decay="constant", ema_decay=0.9999),
+    "before": dict(precision="fp32", lr=5e-4, warmup_steps=0, lr_decay="constant", ema_decay=0.9999, **FULL_SIZE),
     "default": {},
-    "cosine-2e-3": dict(lr=2e-3, warmup_steps=100, lr_decay="cosine", lr_final=0.1, ema_decay=0.999),
-    "batch-4": dict(batch_size=4),
-    "min-snr-5": dict(min_snr_gamma=5.0),
-    "lr-4e-3": dict(lr=4e-3),
-    "no-rescale": dict(scale_min=1.0, scale_max=1.0),
-    "rescale-0.6-1.4": dict(scale_min=0.6, scale_max=1.4),
-    "lognormal": dict(diffusion=lognormal_diffusion(-1.2, 1.2)),
-    "lognormal-0.7-1.5": dict(diffusion=lognormal_diffusion(0.7, 1.5)),
-    "base-24": dict(network=network_width(24)),
-    "base-40": dict(network=network_width(40)),
-    "crop-0.7": dict(crop=0.7),
-    "stratified": dict(diffusion=tiny_diffusion(training_sigmas="stratified_t")),
-    "t-50": dict(diffusion=fewer_timesteps(50)),
+    "full-size": FULL_SIZE,
+    "cosine-2e-3": dict(lr=2e-3, warmup_steps=100, lr_decay="cosine", lr_final=0.1, ema_decay=0.999, **FULL_SIZE),
+    **{name: dict(FULL_SIZE, **change) for name, change in {
+        "batch-4": dict(batch_size=4),
+        "min-snr-5": dict(min_snr_gamma=5.0),
+        "lr-4e-3": dict(lr=4e-3),
+        "no-rescale": dict(scale_min=1.0, scale_max=1.0),
+        "rescale-0.6-1.4": dict(scale_min=0.6, scale_max=1.4),
+        "lognormal": dict(diffusion=lognormal_diffusion(-1.2, 1.2)),
+        "lognormal-0.7-1.5": dict(diffusion=lognormal_diffusion(0.7, 1.5)),
+        "base-24": dict(network=network_width(24)),
+        "base-40": dict(network=network_width(40)),
+        "crop-0.7": dict(crop=0.7),
+        "stratified": dict(diffusion=tiny_diffusion(training_sigmas="stratified_t")),
+        "t-50": dict(diffusion=fewer_timesteps(50)),
+    }.items()},
 }
 
 
@@ -119,8 +126,12 @@ def train(args, out: Path) -> None:
         train_single_image,
     )
 
-    config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", seed=args.seed, **RECIPES[args.recipe])
     steps = args.steps or PRESETS["sindiffusion_tiny"]["steps"]
+    recipe = dict(RECIPES[args.recipe])
+    if args.small_first:
+        recipe.update(small_scale_min=args.small_first[0], small_scale_max=args.small_first[1],
+                      small_fraction=args.small_first[2] / steps)
+    config = SingleImageTrainConfig.from_preset("sindiffusion_tiny", seed=args.seed, **recipe)
     state = init_train_state(photo(args.photo), config, "cpu")
     extra = {folder: make(state.network.named_parameters(), config.ema_decay)
              for folder, _, make in extra_averages(args, out)}
@@ -145,36 +156,7 @@ def train(args, out: Path) -> None:
         clock["since"] = time.perf_counter()
 
     with torch.inference_mode(False):
-        if args.small_first:
-            train_small_first(state, steps, at_step, args.small_first)
         train_single_image(None, steps=steps, callback=at_step, state=state)
-
-
-class _SmallPhaseOver(Exception):
-    pass
-
-
-def train_small_first(state, steps: int, at_step, small_first) -> None:
-    """Progressive size: the run's first N steps rescale the photo by U(MIN, MAX) per axis in place of the recipe's
-    range (cheaper steps), on the learning-rate curve of the whole run; the rest trains as the recipe."""
-    from dataclasses import replace
-
-    from semantica_core.single_image_train import train_single_image
-
-    scale_min, scale_max, small_steps = small_first
-    recipe_config = state.config
-    state.config = replace(recipe_config, scale_min=scale_min, scale_max=scale_max)
-
-    def until_small_steps(info):
-        at_step(info)
-        if info["step"] >= small_steps:
-            raise _SmallPhaseOver
-
-    try:
-        train_single_image(None, steps=steps, callback=until_small_steps, state=state)
-    except _SmallPhaseOver:
-        pass
-    state.config = recipe_config
 
 
 def extra_averages(args, out: Path) -> list:
