@@ -128,7 +128,14 @@ def test_apply_model_runs_in_the_denoisers_cpu_calls(comfy_modules, monkeypatch)
         split = base.apply_model(x, sigma, **conds)
     hook.remove()
     assert rows[1:] == [2, 2, 1]
-    torch.testing.assert_close(split, whole)  # float32's tolerances: a batch's conv may pick another kernel
+    # A batch's matmul or conv may pick another kernel, so the rows agree to the network's precision: float32's
+    # default tolerances, or on a bf16 path (a CPU with native bf16) a few bf16 rounding steps of each row's largest
+    # value (measured: 1.7 steps on an AVX512-BF16 EPYC).
+    if model.denoiser.resolved_precision(x.device).dtype == torch.bfloat16:
+        error, scale = (split - whole).abs().flatten(1).amax(1), whole.abs().flatten(1).amax(1)
+        assert (error <= 8 * torch.finfo(torch.bfloat16).eps * scale).all(), (error, scale)
+    else:
+        torch.testing.assert_close(split, whole)
 
 
 def test_a_pair_model_refuses_conditionings_it_cannot_use(comfy_modules):
