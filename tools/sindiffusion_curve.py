@@ -13,8 +13,9 @@ EfficientNet-Lite0 (--sifid-encoder; learned, so structure counts, not only colo
 DIR/curve.json holds every point; `--report A.json B.json ...` prints the table of several runs.
 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
-preset as it is now (`auto` precision and its recipe, progressive size included); `full-size` is the default as it
-was until 2026-12-07, every step at the photo's full size; `cosine-2e-3` is that recipe spelled out, as it was
+preset as it is now (`auto` precision and its recipe: a constant 2e-3 after the warm-up, progressive size);
+`full-size` is the default as it was until 2026-12-07 (a cosine to a tenth, every step at the photo's full size), and
+`progressive-cosine` that cosine with progressive size (the default for a day); `cosine-2e-3` is that recipe spelled out, as it was
 measured against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Twelve variations
 of `full-size` were measured against it on astronaut (README): `batch-4` (half the batch, so twice the steps in the
 same time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5), `no-rescale`
@@ -77,13 +78,14 @@ def network_width(base_channels: int) -> dict:
 
 
 DEMO_ENCODER = Path(__file__).resolve().parents[1] / "models" / "demo" / "encoders" / "efficientnet-lite0.safetensors"
-# The variations were measured against the default as it was then, training every step at full size: `full-size`.
-FULL_SIZE = dict(small_fraction=0.0)
+# The variations were measured against the default as it was then: a cosine, every step at full size (`full-size`).
+FULL_SIZE = dict(lr_decay="cosine", lr_final=0.1, small_fraction=0.0)
 RECIPES = {
-    "before": dict(precision="fp32", lr=5e-4, warmup_steps=0, lr_decay="constant", ema_decay=0.9999, **FULL_SIZE),
+    "before": dict(FULL_SIZE, precision="fp32", lr=5e-4, warmup_steps=0, lr_decay="constant", ema_decay=0.9999),
     "default": {},
     "full-size": FULL_SIZE,
-    "cosine-2e-3": dict(lr=2e-3, warmup_steps=100, lr_decay="cosine", lr_final=0.1, ema_decay=0.999, **FULL_SIZE),
+    "progressive-cosine": dict(lr_decay="cosine", lr_final=0.1),
+    "cosine-2e-3": dict(FULL_SIZE, lr=2e-3, warmup_steps=100, lr_decay="cosine", lr_final=0.1, ema_decay=0.999),
     **{name: dict(FULL_SIZE, **change) for name, change in {
         "batch-4": dict(batch_size=4),
         "min-snr-5": dict(min_snr_gamma=5.0),
