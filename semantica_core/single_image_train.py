@@ -29,22 +29,23 @@ from .networks import PatchUNet, PatchUNetConfig
 from .precision import PRECISIONS, resolve_precision
 
 # The training presets: network, image size, training length, prediction and learning recipe. "sindiffusion" is the
-# paper's: receptive field 101 px (about 40% of a 250 px image), 50k iterations, eps prediction, the config's
-# default recipe (constant 5e-4, EMA 0.9999). The tiny one keeps that ratio (45 px of 112) at about a sixteenth of
-# the compute per step, for CPUs and tests, and predicts v: GroupNorm hides the global mean of the network's input,
-# so an eps model cannot see the mean of the noise it must remove, and its x0 estimate inherits a colour error of
-# about sigma / sqrt(H * W) per channel. On small images that randomises the colour of every sample (chelsea at
-# 64 px, 600 steps: substitute SIFID 8.0 with eps, 0.43 with v). Its recipe is for runs of minutes: a warm-up and a
-# cosine from 2e-3 to a tenth over the run reached at 300 to 1,200 steps a lower SIFID than the constant 5e-4 at
-# every point, on two photos never tuned on (README, "Quality per training minute"). Its EMA decay, 0.999 against
-# the paper's 0.9999, changes nothing before 9,000 steps: the EMA warm-up caps the decay of update n at
-# (1 + n) / (10 + n), so a shorter run averages over about its last tenth whichever decay is set. It keeps the
-# paper's rescale U(0.75, 1.25): without it a short run overfits the photo, and a wider U(0.6, 1.4) was no better
-# over three seeds. Its learning rate stays at 2e-3 after the warm-up: a cosine to a tenth over the run (the recipe
-# from 2026-12-03 to 2026-12-07) made every run's end worse than the same step of a longer run, and a run sized to
-# 10 minutes scored 18 points of SIFID worse than the constant rate with the same EMA. Progressive size: the first 56 % of its steps rescale by U(0.45, 0.75), a third of the pixels and
-# of the cost, so a run has 1.6x the steps in the same minutes; at the same compute on astronaut it scored as the
-# full-size recipe with dpmpp_2m and better with the paper's ddpm sampler (README, "Quality per training minute").
+# paper's: receptive field 101 px (about 40% of a 250 px image), 50k iterations, eps prediction, the config's default
+# recipe (constant 5e-4, EMA 0.9999). The tiny one keeps that ratio (45 px of 112) at about a sixteenth of the compute
+# per step, for CPUs and tests, and predicts v: GroupNorm hides the global mean of the network's input, so an eps
+# model cannot see the mean of the noise it must remove, and its x0 estimate inherits a colour error of about sigma /
+# sqrt(H * W) per channel. On small images that randomises the colour of every sample (chelsea at 64 px, 600 steps:
+# substitute SIFID 8.0 with eps, 0.43 with v). Its recipe is for runs of minutes: a warm-up to 2e-3 (then with a
+# cosine to a tenth over the run) reached at 300 to 1,200 steps a lower SIFID than the constant 5e-4 at every point,
+# on two photos never tuned on (README, "Quality per training minute"). Its EMA decay, 0.999 against the paper's
+# 0.9999, changes nothing before 9,000 steps: the EMA warm-up caps the decay of update n at (1 + n) / (10 + n), so a
+# shorter run averages over about its last tenth whichever decay is set. It keeps the paper's rescale U(0.75, 1.25):
+# without it a short run overfits the photo, and a wider U(0.6, 1.4) was no better over three seeds. Its learning rate
+# stays at 2e-3 after the warm-up: a cosine to a tenth over the run (the recipe from 2026-12-03 to 2026-12-07) made
+# every run's end worse than the same step of a longer run, and a run sized to 10 minutes scored 16 points of mean
+# SIFID (ddpm) worse than the constant rate with the same EMA. Progressive size: the first 56 % of its steps rescale
+# by U(0.45, 0.75), a third of the pixels and of the cost, so a run has 1.6x the steps in the same minutes; at the
+# same compute on astronaut it scored as the full-size recipe with dpmpp_2m and better with the paper's ddpm sampler
+# (README, "Quality per training minute").
 PRESETS = {
     "sindiffusion": {"network": PatchUNetConfig().to_dict(), "max_side": 250, "steps": 50_000, "prediction": "eps",
                      "recipe": {}},

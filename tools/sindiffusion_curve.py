@@ -15,17 +15,17 @@ DIR/curve.json holds every point; `--report A.json B.json ...` prints the table 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
 preset as it is now (`auto` precision and its recipe: a constant 2e-3 after the warm-up, progressive size);
 `full-size` is the default as it was until 2026-12-07 (a cosine to a tenth, every step at the photo's full size), and
-`progressive-cosine` that cosine with progressive size (the default for a day); `cosine-2e-3` is that recipe spelled out, as it was
-measured against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999). Twelve variations
-of `full-size` were measured against it on astronaut (README): `batch-4` (half the batch, so twice the steps in the
-same time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5), `no-rescale`
-(every batch at the photo's own size), `rescale-0.6-1.4` (a wider random rescale than the paper's 0.75-1.25),
-`lognormal` and `lognormal-0.7-1.5` (log-normal training noise levels in place of uniform timesteps: EDM's, and one
-with fewer rows at the pure-noise end), `base-24` and `base-40` (24 or 40 base channels instead of 32: 0.56x or 1.56x
-the FLOPs of a step, so more or fewer steps in the same time), `crop-0.7` (each batch row a random crop of 0.7 of the
-rescaled photo's sides: half the pixels, so about twice the steps in the same time), `stratified` (each batch's
-timesteps spread evenly over the range: less variance in the loss) and `t-50` (50 DDPM timesteps, as SinFusion, in
-place of 1,000).
+`progressive-cosine` that cosine with progressive size (the default for a day); `cosine-2e-3` is `full-size` spelled
+out, as it was measured against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999).
+Twelve variations of `full-size` were measured against it on astronaut (README): `batch-4` (half the batch, so twice
+the steps in the same time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5),
+`no-rescale` (every batch at the photo's own size), `rescale-0.6-1.4` (a wider random rescale than the paper's
+0.75-1.25), `lognormal` and `lognormal-0.7-1.5` (log-normal training noise levels in place of uniform timesteps:
+EDM's, and one with fewer rows at the pure-noise end), `base-24` and `base-40` (24 or 40 base channels instead of 32:
+0.56x or 1.56x the FLOPs of a step, so more or fewer steps in the same time), `crop-0.7` (each batch row a random
+crop of 0.7 of the rescaled photo's sides: half the pixels, so about twice the steps in the same time), `stratified`
+(each batch's timesteps spread evenly over the range: less variance in the loss) and `t-50` (50 DDPM timesteps, as
+SinFusion, in place of 1,000).
 
 --extra-ema D [D ...] keeps further averages of the same run's weights beside the recipe's EMA, one per decay (0: the
 raw weights), and writes and measures each one's checkpoints in DIR/ema-D: several averages from one training. The
