@@ -147,7 +147,7 @@ def test_learning_rate_warms_up_then_follows_the_cosine_to_its_final_fraction():
 def test_presets_carry_their_recipe_and_flags_override_it():
     tiny = SingleImageTrainConfig.from_preset("sindiffusion_tiny")
     assert (tiny.lr, tiny.warmup_steps, tiny.lr_decay, tiny.ema_decay) == (2e-3, 100, "constant", 0.999)
-    assert tiny.small_fraction == 0.56
+    assert tiny.small_fraction == 0.9
     paper = SingleImageTrainConfig.from_preset("sindiffusion")
     assert (paper.lr, paper.lr_decay, paper.ema_decay) == (5e-4, "constant", 0.9999)
     assert SingleImageTrainConfig.from_preset("sindiffusion_tiny", lr=1e-3, ema_decay=None).lr == 1e-3

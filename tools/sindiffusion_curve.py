@@ -13,9 +13,10 @@ EfficientNet-Lite0 (--sifid-encoder; learned, so structure counts, not only colo
 DIR/curve.json holds every point; `--report A.json B.json ...` prints the table of several runs.
 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
-preset as it is now (`auto` precision and its recipe: a constant 2e-3 after the warm-up, progressive size);
-`full-size` is the default as it was until 2026-12-07 (a cosine to a tenth, every step at the photo's full size), and
-`progressive-cosine` that cosine with progressive size (the default for a day); `cosine-2e-3` is `full-size` spelled
+preset as it is now (`auto` precision and its recipe: a constant 2e-3 after the warm-up, the first 90 % of the steps
+small); `full-size` is the default as it was until 2026-12-07 (a cosine to a tenth, every step at the photo's full
+size), `progressive-cosine` that cosine with the first 56 % small (the default for a day), and `small-0.56` the
+constant rate with the first 56 % small (the default for a few hours); `cosine-2e-3` is `full-size` spelled
 out, as it was measured against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999).
 Twelve variations of `full-size` were measured against it on astronaut (README): `batch-4` (half the batch, so twice
 the steps in the same time), `lr-4e-3` (twice the peak learning rate), `min-snr-5` (Min-SNR loss weighting, gamma 5),
@@ -84,7 +85,8 @@ RECIPES = {
     "before": dict(FULL_SIZE, precision="fp32", lr=5e-4, warmup_steps=0, lr_decay="constant", ema_decay=0.9999),
     "default": {},
     "full-size": FULL_SIZE,
-    "progressive-cosine": dict(lr_decay="cosine", lr_final=0.1),
+    "progressive-cosine": dict(lr_decay="cosine", lr_final=0.1, small_fraction=0.56),
+    "small-0.56": dict(small_fraction=0.56),
     "cosine-2e-3": dict(FULL_SIZE, lr=2e-3, warmup_steps=100, lr_decay="cosine", lr_final=0.1, ema_decay=0.999),
     **{name: dict(FULL_SIZE, **change) for name, change in {
         "batch-4": dict(batch_size=4),
