@@ -44,7 +44,7 @@ from .precision import PRECISIONS, resolve_precision
 # every run's end worse than the same step of a longer run, and a run sized to 10 minutes scored 16 points of mean
 # SIFID (ddpm) worse than the constant rate with the same EMA. Progressive size: the first 90 % of its steps rescale
 # by U(0.45, 0.75), a third of the pixels and of the cost, so a run has 2.3x the steps in the same minutes; a run
-# sized to 10 minutes scored 18 points of mean SIFID (ddpm) better than with the first 56 % small (the recipe of a
+# sized to 10 minutes scored 17 points of mean SIFID (ddpm) better than with the first 56 % small (the recipe of a
 # few hours on 2026-12-07) and better than the old recipe's 4,000 steps (README, "Quality per training minute").
 PRESETS = {
     "sindiffusion": {"network": PatchUNetConfig().to_dict(), "max_side": 250, "steps": 50_000, "prediction": "eps",
