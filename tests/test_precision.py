@@ -135,3 +135,61 @@ def test_the_switch_changes_a_denoiser_in_place():
     assert network.conv_in.weight.is_contiguous() and denoiser.resolved_precision(x.device).dtype is None
     with torch.no_grad():
         assert torch.equal(out, Denoiser(copy.deepcopy(network), DiffusionConfig(), "fp32")(x, 1.0))
+
+
+@pytest.mark.parametrize("size", [(16, 16), (32, 48)], ids=["256-pixels", "1536-pixels"])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last", "nchw"])
+def test_bf16_group_norm_keeps_float32_statistics_and_the_layout(size, channels_last):
+    """GroupNorm32 on a CPU bf16 input, sampling and training: the output is one bf16 rounding of the exact
+    (float64) normalisation, give or take a statistics error under an eighth of bf16's eps, the gradients are
+    float32-accurate, and the input's memory format comes back, its gradient's too. Each group's mean is 8 standard
+    deviations: statistics computed in bf16 (rstd off by 3e-3) would fail this."""
+    from semantica_core.networks.blocks import GroupNorm32
+
+    torch.manual_seed(0)
+    norm = GroupNorm32(8, 32)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(2, 32, *size) * 0.375 + 3).bfloat16().contiguous(memory_format=memory_format)
+    upstream = torch.randn(x.shape).bfloat16().contiguous(memory_format=memory_format)
+    exact_x = x.double().contiguous().requires_grad_()
+    exact_weight = norm.weight.detach().double().requires_grad_()
+    bias = norm.bias.detach().double()
+    exact = torch.nn.functional.group_norm(exact_x, 8, exact_weight, bias, norm.eps)
+    exact.backward(upstream.double())
+    normalised = (exact - bias[:, None, None]).abs()
+    tolerance = (exact.abs() * BF16_EPS / 2 + normalised * BF16_EPS / 8
+                 + 16 * torch.finfo(torch.float32).eps * exact.abs().max())
+
+    with torch.no_grad():
+        out = norm(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=memory_format)
+    assert ((out.double() - exact).abs() <= tolerance).all()
+
+    leaf = x.clone().requires_grad_()
+    out = norm(leaf)
+    assert out.is_contiguous(memory_format=memory_format)
+    assert ((out.double() - exact).abs() <= tolerance).all()
+    out.backward(upstream)
+    assert leaf.grad.is_contiguous(memory_format=memory_format)
+    # the input gradient is rounded to bf16 once; the weight gradient stays float32
+    assert ((leaf.grad.double() - exact_x.grad).norm() / exact_x.grad.norm()).item() < BF16_EPS
+    assert ((norm.weight.grad.double() - exact_weight.grad).norm() / exact_weight.grad.norm()).item() < 1e-5
+
+
+def test_cpu_bf16_training_attention_runs_in_float32():
+    """While a CPU trains in bf16, attention upcasts (its bf16 backward is the slow one) and returns bf16; sampling
+    keeps bf16 attention."""
+    from semantica_core.networks.blocks import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 40, 32, generator=g).bfloat16() for _ in range(3))
+    reference = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = attention(q.requires_grad_(), k, v)
+        with torch.no_grad():
+            sampled = attention(q, k, v)
+    assert trained.dtype == sampled.dtype == torch.bfloat16
+    assert torch.equal(trained, reference.bfloat16())  # float32 attention, one rounding at the end
+    assert ((sampled.float() - reference).norm() / reference.norm()).item() < 4 * BF16_EPS
