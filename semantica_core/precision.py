@@ -15,8 +15,9 @@ flag is `--precision`; library entry points take `precision=`.
 Only the network's forward runs in bf16. What stays float32, and why: the weights, their gradients, the optimizer
 state and the EMA (bf16 cannot hold small updates to a weight); the sampler's state between steps and the x0 formula
 (Denoiser upcasts the network output: the step arithmetic needs float32's 24 bits); GroupNorm and LayerNorm
-statistics (GroupNorm32 / LayerNorm32: bf16 means and variances are too coarse); the timestep embedding's
-sinusoids (bf16 cannot resolve c_noise * freq); the loss (computed on float32 copies).
+statistics (GroupNorm32 / LayerNorm32: bf16 means and variances are too coarse); attention while a CPU trains
+(networks.blocks.attention: there its bf16 backward is the slower one); the timestep embedding's sinusoids (bf16
+cannot resolve c_noise * freq); the loss (computed on float32 copies).
 """
 from __future__ import annotations
 
