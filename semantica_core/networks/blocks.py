@@ -262,7 +262,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        channels_last = _is_channels_last(x)
         # Pixels as tokens [B, HW, C], made contiguous once here (free for channels_last inputs): the token ops that
         # follow would otherwise each copy a strided view.
         h = x.permute(0, 2, 3, 1).reshape(b, height * width, c).contiguous()
