@@ -1,5 +1,5 @@
 """The failures a CLI user meets give one line that says what failed and what to do, and exit status 2, the same
-for every sub-command (docs/cli-exit-codes.md); a full disk or a read-only folder leaves the last good files in
+for every sub-command (README, "Exit status"); a full disk or a read-only folder leaves the last good files in
 place. The disk and folder cases run the real CLI on a small tmpfs (they need root to mount one, and say so)."""
 import contextlib
 import os
