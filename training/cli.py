@@ -1,7 +1,7 @@
 """The `semantica` command line: encoder export, init, checkpoint inspection, and (added by their modules) training,
 embedding, evaluation and benchmarks. Each command group lives in its own module under training/commands/.
 
-Exit status, the same for every sub-command (docs/cli-exit-codes.md): 0 done; 2 the command could not do what was
+Exit status, the same for every sub-command (README, "Exit status"): 0 done; 2 the command could not do what was
 asked for a reason the user can fix (bad arguments or config, a missing, unreadable or corrupt file, a full disk, a
 read-only folder, too little memory, a folder in use by another run), with one line on stderr that says what failed
 and what to do; 130 stopped by Ctrl-C; 1 an unexpected error (a bug: the traceback is printed).
