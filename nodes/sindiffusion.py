@@ -24,8 +24,8 @@ from .progress import SamplingProgress
 from .sampling import run_on_host
 
 # SinDiffusion Train's default steps, sized to finish in minutes where `auto` picks each preset (the CLI's
-# `train single` defaults are the full runs: 4,000 and 50,000). The tiny preset's 1,300 progressive-size steps cost
-# what 600 full-size steps did (its first 90 % at about a third of the pixels).
+# `train single` defaults are the full runs: 4,000 and 50,000). The tiny preset's 1,300 progressive-size steps (its
+# first 90 % at about half the pixels) train in 7.7 minutes on a 2-core CPU with native bf16 (600 full-size: 6.9).
 IN_GRAPH_STEPS = {"sindiffusion_tiny": 1300, "sindiffusion": 6000}
 
 

@@ -43,9 +43,10 @@ from .precision import PRECISIONS, resolve_precision
 # stays at 2e-3 after the warm-up: a cosine to a tenth over the run (the recipe from 2026-12-03 to 2026-12-07) made
 # every run's end worse than the same step of a longer run, and a run sized to 10 minutes scored 16 points of mean
 # SIFID (ddpm) worse than the constant rate with the same EMA. Progressive size: the first 90 % of its steps rescale
-# by U(0.45, 0.75), a third of the pixels and of the cost, so a run has 2.3x the steps in the same minutes; a run
-# sized to 10 minutes scored 17 points of mean SIFID (ddpm) better than with the first 56 % small (the recipe of a
-# few hours on 2026-12-07) and better than the old recipe's 4,000 steps (README, "Quality per training minute").
+# by U(0.55, 0.85), half the pixels; a run sized to 10 minutes scored better than with the first 56 % small (the
+# recipe of a few hours on 2026-12-07), better than the old recipe's 4,000 steps, and better than the smaller
+# U(0.45, 0.75) of 2026-12-07 to 2026-12-08, whose samples repeat the photo's parts smaller and closer together
+# (three to six eyes on the cat); U(0.35, 0.6) was worse still (README, "Quality per training minute").
 PRESETS = {
     "sindiffusion": {"network": PatchUNetConfig().to_dict(), "max_side": 250, "steps": 50_000, "prediction": "eps",
                      "recipe": {}},
@@ -81,8 +82,8 @@ class SingleImageTrainConfig:
     # Progressive size: the first `small_fraction` of the run's steps rescale by U(small_scale_min, small_scale_max)
     # per axis in place of U(scale_min, scale_max): cheaper steps first, on the learning-rate curve of the whole run.
     small_fraction: float = 0.0
-    small_scale_min: float = 0.45
-    small_scale_max: float = 0.75
+    small_scale_min: float = 0.55
+    small_scale_max: float = 0.85
     size_multiple: int = 4  # batch sizes snap down to multiples of this (and of the network's own multiple)
     batch_size: int = 8
     lr: float = 5e-4

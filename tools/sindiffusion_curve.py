@@ -14,8 +14,9 @@ DIR/curve.json holds every point; `--report A.json B.json ...` prints the table 
 
 Recipes: `before` is the tiny preset as it was before (float32, constant lr 5e-4, EMA 0.9999); `default` is the
 preset as it is now (`auto` precision and its recipe: a constant 2e-3 after the warm-up, the first 90 % of the steps
-small); `full-size` is the default as it was until 2026-12-07 (a cosine to a tenth, every step at the photo's full
-size), `progressive-cosine` that cosine with the first 56 % small (the default for a day), and `small-0.56` the
+small, at U(0.55, 0.85) per axis); `small-0.45-0.75` is it with the smaller scales it had until 2026-12-08;
+`full-size` is the default as it was until 2026-12-07 (a cosine to a tenth, every step at the photo's full size),
+`progressive-cosine` that cosine with the first 56 % small (the default for a day), and `small-0.56` the
 constant rate with the first 56 % small (the default for a few hours); `cosine-2e-3` is `full-size` spelled
 out, as it was measured against `before` (100 warm-up steps, cosine from 2e-3 to a tenth over the run, EMA 0.999).
 Twelve variations of `full-size` were measured against it on astronaut (README): `batch-4` (half the batch, so twice
@@ -81,12 +82,14 @@ def network_width(base_channels: int) -> dict:
 DEMO_ENCODER = Path(__file__).resolve().parents[1] / "models" / "demo" / "encoders" / "efficientnet-lite0.safetensors"
 # The variations were measured against the default as it was then: a cosine, every step at full size (`full-size`).
 FULL_SIZE = dict(lr_decay="cosine", lr_final=0.1, small_fraction=0.0)
+OLD_SMALL_SCALES = dict(small_scale_min=0.45, small_scale_max=0.75)  # progressive size's scales until 2026-12-08
 RECIPES = {
     "before": dict(FULL_SIZE, precision="fp32", lr=5e-4, warmup_steps=0, lr_decay="constant", ema_decay=0.9999),
     "default": {},
     "full-size": FULL_SIZE,
-    "progressive-cosine": dict(lr_decay="cosine", lr_final=0.1, small_fraction=0.56),
-    "small-0.56": dict(small_fraction=0.56),
+    "small-0.45-0.75": dict(OLD_SMALL_SCALES),
+    "progressive-cosine": dict(OLD_SMALL_SCALES, lr_decay="cosine", lr_final=0.1, small_fraction=0.56),
+    "small-0.56": dict(OLD_SMALL_SCALES, small_fraction=0.56),
     "cosine-2e-3": dict(FULL_SIZE, lr=2e-3, warmup_steps=100, lr_decay="cosine", lr_final=0.1, ema_decay=0.999),
     **{name: dict(FULL_SIZE, **change) for name, change in {
         "batch-4": dict(batch_size=4),
